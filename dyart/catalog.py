@@ -1,0 +1,527 @@
+"""What this library can train: datasets, architectures, methods and every knob.
+
+Torch-free on purpose: the API process imports this module to validate job
+requests and to build the dashboard's form, and the trainer imports it to fill
+defaults, so the two can never disagree about a default or a range.
+
+Eps-like values are on the [0, 1] pixel scale. A method hyperparameter whose
+``eps_scale`` is set has no fixed default: it defaults to ``eps_scale`` times
+the dataset's threat-model eps (ALGORITHM.md §6: r0 ≈ 2·eps, eps_fab ≈ eps,
+PGD step = eps/4), so the same method card serves MNIST and CIFAR.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its type, default and allowed values."""
+
+    name: str
+    type: str  # "float" | "int" | "bool" | "choice" | "float_list"
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    eps_scale: float | None = None  # default = eps_scale * dataset.eps
+
+    def public(self) -> dict[str, Any]:
+        """A JSON-able description, as the API's catalog serves it."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "help": self.help,
+            "min": self.min,
+            "max": self.max,
+            "choices": list(self.choices),
+            "eps_scale": self.eps_scale,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """A dataset: image shape, classes, threat model and where its files live."""
+
+    name: str
+    title: str
+    channels: int
+    image_size: int
+    num_classes: int
+    eps: float  # the usual L-inf threat-model eps on this dataset
+    eval_eps: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    bundled: bool
+    files: tuple[str, ...] = ()  # relative to the data directory, for on-disk sets
+    description: str = ""
+
+    def missing_files(self, data_dir: str | Path) -> list[str]:
+        """Files this dataset needs under ``data_dir`` that are not there."""
+        if self.bundled:
+            return []
+        root = Path(data_dir)
+        return [f for f in self.files if not (root / f).exists()]
+
+    def public(self, data_dir: str | Path | None = None) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "title": self.title,
+            "channels": self.channels,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "eps": self.eps,
+            "eval_eps": list(self.eval_eps),
+            "bundled": self.bundled,
+            "files": list(self.files),
+            "description": self.description,
+        }
+        if data_dir is not None:
+            out["available"] = not self.missing_files(data_dir)
+        return out
+
+
+@dataclass(frozen=True)
+class ArchitectureCard:
+    """A model family entry: which images it takes."""
+
+    name: str
+    title: str
+    min_image_size: int
+    max_image_size: int
+    params_millions: float
+    description: str = ""
+
+    def fits(self, dataset: DatasetCard) -> str | None:
+        """None if the architecture takes the dataset's images, else why not."""
+        size = dataset.image_size
+        if size < self.min_image_size:
+            return (
+                f"architecture {self.name!r} needs images of at least "
+                f"{self.min_image_size}x{self.min_image_size}; dataset "
+                f"{dataset.name!r} has {size}x{size}"
+            )
+        if size > self.max_image_size:
+            return (
+                f"architecture {self.name!r} takes images of at most "
+                f"{self.max_image_size}x{self.max_image_size}; dataset "
+                f"{dataset.name!r} has {size}x{size}"
+            )
+        return None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "min_image_size": self.min_image_size,
+            "max_image_size": self.max_image_size,
+            "params_millions": self.params_millions,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """A training method and its hyperparameters."""
+
+    name: str
+    title: str
+    paper: str
+    params: tuple[Param, ...] = field(default_factory=tuple)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "paper": self.paper,
+            "params": [p.public() for p in self.params],
+        }
+
+
+_MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
+_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+
+DATASETS: dict[str, DatasetCard] = {
+    d.name: d
+    for d in (
+        DatasetCard(
+            "mnist10k",
+            "MNIST-10k (the real MNIST test set, split 8,000 train / 2,000 test)",
+            1,
+            28,
+            10,
+            0.3,
+            (0.1, 0.2, 0.3),
+            _MNIST_MEAN,
+            _MNIST_STD,
+            bundled=True,
+            description=(
+                "The 10,000 images of the original MNIST test split, bundled with the "
+                "library, split stratified by class with seed 0 into 8,000 training "
+                "and 2,000 test images."
+            ),
+        ),
+        DatasetCard(
+            "digits",
+            "scikit-learn digits (8x8 grey, 1,797 images)",
+            1,
+            8,
+            10,
+            0.1,
+            (0.05, 0.1, 0.2),
+            (0.3,),
+            (0.35,),
+            bundled=True,
+            description="scikit-learn's 8x8 handwritten digits, split 80/20 with seed 0.",
+        ),
+        DatasetCard(
+            "synthetic",
+            "synthetic (random class-dependent patterns, for tests)",
+            1,
+            8,
+            4,
+            0.1,
+            (0.1,),
+            (0.5,),
+            (0.25,),
+            bundled=True,
+            description="Generated on the fly from a seed: 4 classes of noisy prototypes.",
+        ),
+        DatasetCard(
+            "cifar10",
+            "CIFAR-10",
+            3,
+            32,
+            10,
+            8 / 255,
+            tuple(k / 255 for k in (2, 4, 8, 12, 16)),
+            _CIFAR_MEAN,
+            _CIFAR_STD,
+            bundled=False,
+            files=tuple(
+                f"cifar-10-batches-py/{f}"
+                for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+            ),
+            description="torchvision's python-pickle layout under the data directory.",
+        ),
+        DatasetCard(
+            "cifar100",
+            "CIFAR-100",
+            3,
+            32,
+            100,
+            8 / 255,
+            tuple(k / 255 for k in (2, 4, 8, 12, 16)),
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            bundled=False,
+            files=("cifar-100-python/train", "cifar-100-python/test"),
+        ),
+        DatasetCard(
+            "svhn",
+            "SVHN",
+            3,
+            32,
+            10,
+            8 / 255,
+            tuple(k / 255 for k in (2, 4, 8, 12, 16)),
+            (0.4377, 0.4438, 0.4728),
+            (0.1980, 0.2010, 0.1970),
+            bundled=False,
+            files=("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
+        ),
+        DatasetCard(
+            "tiny_imagenet",
+            "Tiny-ImageNet-200",
+            3,
+            64,
+            200,
+            8 / 255,
+            tuple(k / 255 for k in (2, 4, 8, 12, 16)),
+            (0.4802, 0.4481, 0.3975),
+            (0.2302, 0.2265, 0.2262),
+            bundled=False,
+            files=("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"),
+        ),
+    )
+}
+
+ARCHITECTURES: dict[str, ArchitectureCard] = {
+    a.name: a
+    for a in (
+        ArchitectureCard("mlp", "MLP (2 hidden layers of 256)", 4, 32, 0.27),
+        ArchitectureCard("small_cnn", "small CNN (2 conv + 2 fc)", 8, 32, 0.33),
+        ArchitectureCard("preact_resnet18", "PreAct ResNet-18", 16, 64, 11.2),
+        ArchitectureCard("resnet18", "ResNet-18", 16, 64, 11.2),
+        ArchitectureCard("wide_resnet_28_10", "WideResNet-28-10 (ReLU)", 16, 64, 36.5),
+        ArchitectureCard("wide_resnet_34_10", "WideResNet-34-10 (ReLU)", 16, 64, 46.2),
+        ArchitectureCard("wide_resnet_28_10_silu", "WideResNet-28-10 (SiLU)", 16, 64, 36.5),
+        ArchitectureCard("wide_resnet_34_10_silu", "WideResNet-34-10 (SiLU)", 16, 64, 46.2),
+        ArchitectureCard("wide_resnet_16_4_silu", "WideResNet-16-4 (SiLU, small)", 8, 64, 2.7),
+    )
+}
+
+_ATTACK = (
+    Param("eps", "float", None, "attack radius (L-inf, pixel scale)", 0.0, 1.0, eps_scale=1.0),
+    Param("step_size", "float", None, "PGD step size", 0.0, 1.0, eps_scale=0.25),
+    Param("steps", "int", 10, "PGD iterations", 1, 200),
+)
+
+METHODS: dict[str, MethodCard] = {
+    m.name: m
+    for m in (
+        MethodCard(
+            "clean",
+            "Clean training (cross-entropy)",
+            "",
+            (Param("label_smoothing", "float", 0.0, "label smoothing of the CE", 0.0, 0.5),),
+        ),
+        MethodCard(
+            "dyart",
+            "DyART (Dynamics-Aware Robust Training)",
+            "Xu et al., ICLR 2023, arXiv:2302.03015",
+            (
+                Param("norm", "choice", "linf", "threat-model norm", choices=("linf", "l2")),
+                Param("temperature", "float", 5.0, "β of the soft margin φ", 0.1, 100.0),
+                Param("iterations", "int", 20, "boundary-search iterations", 1, 200),
+                Param("restarts", "int", 1, "boundary-search restarts", 1, 10),
+                Param("eps_fab", "float", None, "search start radius", 0.0, 2.0, eps_scale=1.0),
+                Param("alpha_max", "float", 0.1, "max mixing weight towards x0", 0.0, 1.0),
+                Param("eta", "float", 1.05, "overshoot of the projection step", 1.0, 2.0),
+                Param("beta_back", "float", 0.9, "backward step after crossing", 0.0, 1.0),
+                Param("r0", "float", None, "margins ≥ r0 get no push", 0.0, 4.0, eps_scale=2.0),
+                Param(
+                    "alpha",
+                    "float",
+                    3.0,
+                    "α of h'(R)=exp(-α·R) (raised to 0.01 if below)",
+                    0.0,
+                    100.0,
+                ),
+                Param("lam_robust", "float", 1000.0, "λ, weight of the boundary term", 0.0, 1e5),
+                Param("freeze_bn", "bool", False, "boundary term with BN statistics frozen"),
+            ),
+        ),
+        MethodCard(
+            "pgd_at",
+            "PGD adversarial training",
+            "Madry et al., ICLR 2018",
+            _ATTACK + (Param("random_start", "bool", True, "uniform random start"),),
+        ),
+        MethodCard(
+            "trades",
+            "TRADES",
+            "Zhang et al., ICML 2019",
+            _ATTACK
+            + (
+                Param("beta", "float", 6.0, "weight of the KL term", 0.0, 100.0),
+                Param("label_smoothing", "float", 0.0, "label smoothing of the CE", 0.0, 0.5),
+            ),
+        ),
+        MethodCard(
+            "mart",
+            "MART",
+            "Wang et al., ICLR 2020",
+            _ATTACK + (Param("beta", "float", 6.0, "weight of the KL term", 0.0, 100.0),),
+        ),
+    )
+}
+
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+NORMS = ("bn", "gn")
+EVAL_PRESETS = ("standard", "custom", "fast")
+
+# Run-level settings shared by every method: name -> Param.
+TRAIN_PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("epochs", "int", 10, "training epochs of the chosen method", 1, 2000),
+        Param("batch_size", "int", 128, "batch size", 1, 4096),
+        Param("lr", "float", 0.1, "peak learning rate", 1e-6, 10.0),
+        Param("momentum", "float", 0.9, "SGD momentum (Nesterov)", 0.0, 0.999),
+        Param("weight_decay", "float", 5e-4, "weight decay (not on norm layers, biases)", 0.0, 0.1),
+        Param("schedule", "choice", "onecycle", "learning-rate schedule", choices=SCHEDULES),
+        Param("warmup_frac", "float", 0.025, "warm-up fraction of the schedule", 0.0, 0.5),
+        Param("grad_clip", "float", 0.0, "gradient-norm clip (0 = off)", 0.0, 1e4),
+        Param("ema_decay", "float", 0.995, "EMA decay of the evaluated model", 0.0, 0.99999),
+        Param("norm_layer", "choice", "bn", "normalisation layer", choices=NORMS),
+        Param("augment", "bool", True, "random crop with padding (+ flip on colour sets)"),
+        Param("val_size", "int", 1024, "training images held out for validation", 0, 50000),
+        Param("val_pgd_steps", "int", 40, "PGD steps of the per-epoch validation", 1, 200),
+        Param("seed", "int", 0, "random seed", 0, 2**31 - 1),
+        Param(
+            "burn_in_epochs", "int", 2, "clean burn-in epochs before the method (0 = none)", 0, 500
+        ),
+        Param("burn_in_lr", "float", 0.1, "burn-in learning rate (step schedule)", 1e-6, 10.0),
+        Param("eval_preset", "choice", "standard", "AutoAttack preset", choices=EVAL_PRESETS),
+        Param(
+            "eval_eps", "float_list", None, "AutoAttack eps list (empty = no evaluation)", 0.0, 1.0
+        ),
+        Param(
+            "eval_n", "int", 1000, "test images for AutoAttack (leaderboards use all)", 1, 100000
+        ),
+        Param(
+            "extra_data_frac", "float", 0.0, "fraction of each batch from generated data", 0.0, 0.95
+        ),
+    )
+}
+
+
+def resolve_default(param: Param, dataset: DatasetCard) -> Any:
+    """A parameter's default on a dataset (eps-scaled values are scaled)."""
+    if param.eps_scale is not None:
+        return param.eps_scale * dataset.eps
+    if param.name == "eval_eps":
+        return list(dataset.eval_eps)
+    return param.default
+
+
+def method_defaults(method: str, dataset: str) -> dict[str, Any]:
+    """Every hyperparameter of ``method`` with its default on ``dataset``."""
+    card, data = METHODS[method], DATASETS[dataset]
+    return {p.name: resolve_default(p, data) for p in card.params}
+
+
+def train_defaults(dataset: str) -> dict[str, Any]:
+    """Every run-level setting with its default on ``dataset``."""
+    data = DATASETS[dataset]
+    return {name: resolve_default(p, data) for name, p in TRAIN_PARAMS.items()}
+
+
+def check_value(param: Param, value: Any, where: str) -> tuple[Any, str | None]:
+    """Coerce ``value`` to ``param``'s type; return (value, error or None)."""
+    kind = param.type
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return value, f"{where}: expected true or false, got {value!r}"
+    if kind == "choice":
+        if value in param.choices:
+            return value, None
+        return value, f"{where}: {value!r} is not one of {', '.join(param.choices)}"
+    if kind == "float_list":
+        if not isinstance(value, (list, tuple)):
+            return value, f"{where}: expected a list of numbers, got {value!r}"
+        out = []
+        for i, item in enumerate(value):
+            item, err = _check_number(param, item, f"{where}[{i}]", float)
+            if err:
+                return value, err
+            out.append(item)
+        return out, None
+    return _check_number(param, value, where, int if kind == "int" else float)
+
+
+def _check_number(param: Param, value: Any, where: str, kind: type) -> tuple[Any, str | None]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value, f"{where}: expected a number, got {value!r}"
+    if kind is int and value != int(value):
+        return value, f"{where}: expected an integer, got {value!r}"
+    if kind is float and not math.isfinite(value):
+        return value, f"{where}: expected a finite number, got {value!r}"
+    value = kind(value)
+    if param.min is not None and value < param.min:
+        return value, f"{where}: {value} is below the minimum {param.min}"
+    if param.max is not None and value > param.max:
+        return value, f"{where}: {value} is above the maximum {param.max}"
+    return value, None
+
+
+def validate_job(
+    spec: dict[str, Any], data_dir: str | Path | None = None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Check a job request and fill every default.
+
+    Args:
+        spec: ``dataset``, ``architecture``, ``method``, optional ``hparams``
+            (method hyperparameters) and any of ``TRAIN_PARAMS`` at the top level.
+        data_dir: if given, on-disk datasets must have their files there.
+
+    Returns:
+        ``(resolved, errors)``: the complete spec with defaults filled in, and a
+        list of ``(field, message)``; the spec is valid when the list is empty.
+    """
+    errors: list[tuple[str, str]] = []
+    known = {"dataset", "architecture", "method", "hparams", *TRAIN_PARAMS}
+    for key in spec:
+        if key not in known:
+            errors.append((key, f"unknown field {key!r}"))
+    names = {}
+    for key, table in (("dataset", DATASETS), ("architecture", ARCHITECTURES), ("method", METHODS)):
+        value = spec.get(key)
+        if value not in table:
+            errors.append((key, f"{value!r} is not one of {', '.join(table)}"))
+        else:
+            names[key] = value
+    if len(names) < 3:
+        return dict(spec), errors
+    data = DATASETS[names["dataset"]]
+    misfit = ARCHITECTURES[names["architecture"]].fits(data)
+    if misfit:
+        errors.append(("architecture", misfit))
+    if data_dir is not None and data.missing_files(data_dir):
+        missing = ", ".join(data.missing_files(data_dir))
+        errors.append(
+            (
+                "dataset",
+                f"dataset {data.name!r} is not on this server: expected {missing} under {data_dir}",
+            )
+        )
+    resolved: dict[str, Any] = dict(names)
+    for name, param in TRAIN_PARAMS.items():
+        value = spec.get(name)
+        if value is None:
+            resolved[name] = resolve_default(param, data)
+            continue
+        resolved[name], err = check_value(param, value, name)
+        if err:
+            errors.append((name, err))
+    hparams = spec.get("hparams") or {}
+    if not isinstance(hparams, dict):
+        errors.append(("hparams", f"expected an object, got {hparams!r}"))
+        hparams = {}
+    resolved["hparams"] = _resolve_hparams(METHODS[names["method"]], data, hparams, errors)
+    return resolved, errors
+
+
+def _resolve_hparams(
+    card: MethodCard, data: DatasetCard, given: dict[str, Any], errors: list[tuple[str, str]]
+) -> dict[str, Any]:
+    out = {}
+    for key in given:
+        if card.param(key) is None:
+            allowed = ", ".join(p.name for p in card.params)
+            errors.append(
+                (
+                    f"hparams.{key}",
+                    f"method {card.name!r} has no hyperparameter {key!r}; allowed: {allowed}",
+                )
+            )
+    for param in card.params:
+        value = given.get(param.name)
+        if value is None:
+            out[param.name] = resolve_default(param, data)
+            continue
+        out[param.name], err = check_value(param, value, f"hparams.{param.name}")
+        if err:
+            errors.append((f"hparams.{param.name}", err))
+    return out
+
+
+def public_catalog(data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Everything above as JSON, for the API's ``/catalog``."""
+    return {
+        "datasets": [d.public(data_dir) for d in DATASETS.values()],
+        "architectures": [a.public() for a in ARCHITECTURES.values()],
+        "methods": [m.public() for m in METHODS.values()],
+        "train_params": [p.public() for p in TRAIN_PARAMS.values()],
+    }

@@ -1,0 +1,86 @@
+"""The catalog: defaults per dataset, validation messages naming the field."""
+
+import pytest
+
+from dyart import catalog
+from dyart.config import TrainConfig
+from dyart.errors import ConfigErrors
+
+BASE = {"dataset": "mnist10k", "architecture": "small_cnn", "method": "dyart"}
+
+
+def test_eps_scaled_defaults_follow_the_dataset():
+    mnist = catalog.method_defaults("dyart", "mnist10k")
+    cifar = catalog.method_defaults("dyart", "cifar10")
+    assert mnist["r0"] == pytest.approx(0.6)  # 2 x eps 0.3
+    assert cifar["r0"] == pytest.approx(16 / 255)  # the paper's r0
+    assert cifar["eps_fab"] == pytest.approx(8 / 255)
+    assert catalog.method_defaults("pgd_at", "cifar10")["step_size"] == pytest.approx(2 / 255)
+
+
+def test_validate_job_fills_every_default():
+    resolved, errors = catalog.validate_job(BASE)
+    assert errors == []
+    assert set(catalog.TRAIN_PARAMS) <= set(resolved)
+    assert resolved["eval_eps"] == [0.1, 0.2, 0.3]
+    assert resolved["hparams"]["temperature"] == 5.0
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"epochs": 0}, "epochs", "epochs: 0 is below the minimum 1"),
+        ({"lr": "fast"}, "lr", "lr: expected a number, got 'fast'"),
+        ({"batch_size": 2.5}, "batch_size", "batch_size: expected an integer, got 2.5"),
+        ({"schedule": "linear"}, "schedule", "schedule: 'linear' is not one of"),
+        ({"eval_eps": [0.1, 2]}, "eval_eps", "eval_eps[1]: 2.0 is above the maximum 1.0"),
+        ({"hparams": {"r0": -1}}, "hparams.r0", "hparams.r0: -1.0 is below the minimum 0.0"),
+        ({"hparams": {"beta": 6}}, "hparams.beta", "method 'dyart' has no hyperparameter 'beta'"),
+        ({"dataset": "imagenet"}, "dataset", "'imagenet' is not one of mnist10k"),
+        ({"colour": "red"}, "colour", "unknown field 'colour'"),
+        (
+            {"dataset": "digits", "architecture": "wide_resnet_28_10"},
+            "architecture",
+            "architecture 'wide_resnet_28_10' needs images of at least 16x16; "
+            "dataset 'digits' has 8x8",
+        ),
+    ],
+)
+def test_validate_job_names_the_field(change, field, message):
+    _, errors = catalog.validate_job({**BASE, **change})
+    assert [f for f, _ in errors] == [field]
+    assert message in errors[0][1]
+
+
+def test_dataset_not_on_disk_names_the_files(tmp_path):
+    _, errors = catalog.validate_job({**BASE, "dataset": "cifar10"}, data_dir=tmp_path)
+    assert errors[0][0] == "dataset"
+    assert "cifar-10-batches-py/data_batch_1" in errors[0][1]
+    assert str(tmp_path) in errors[0][1]
+
+
+def test_bundled_dataset_needs_no_files(tmp_path):
+    assert catalog.validate_job(BASE, data_dir=tmp_path)[1] == []
+
+
+def test_train_config_round_trips_and_validates():
+    config = TrainConfig.from_dict({**BASE, "epochs": 3, "hparams": {"iterations": 5}})
+    assert config.epochs == 3 and config.hparams["iterations"] == 5
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    config.epochs = -1
+    with pytest.raises(ConfigErrors, match="epochs: -1 is below the minimum 1"):
+        config.validate()
+
+
+def test_train_config_from_yaml_with_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: digits\narchitecture: mlp\nmethod: trades\nhparams: {beta: 3}\n")
+    config = TrainConfig.from_file(path, epochs=2, hparams={"steps": 4})
+    assert (config.epochs, config.hparams["beta"], config.hparams["steps"]) == (2, 3.0, 4)
+
+
+def test_public_catalog_is_json_ready():
+    import json
+
+    text = json.dumps(catalog.public_catalog())
+    assert '"dyart"' in text and '"wide_resnet_28_10_silu"' in text
