@@ -1,0 +1,183 @@
+"""Robustness of each training method on MNIST-10k, measured side by side in one run.
+
+Trains clean, pgd_at, trades, mart and dyart with the same model, epochs and
+seed — one shared burn-in, then each method from the burn-in's EMA weights, as
+the service does with burn-in reuse — evaluates each best checkpoint with
+AutoAttack, and writes a markdown table (clean and robust accuracy per eps,
+training time relative to clean).
+
+    PYTHONPATH=. .venv/bin/python bench/robustness.py            # the full run
+    PYTHONPATH=. .venv/bin/python bench/robustness.py --epochs 1 --eval-n 100 --preset fast
+
+All methods are trained first, then evaluated one eps at a time (largest first), and
+the table is rewritten after every step, so a long run shows partial results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from dyart.checkpoint import load_model
+from dyart.config import TrainConfig
+from dyart.data import load_dataset
+from dyart.evaluate import autoattack_eval
+from dyart.train import Trainer
+
+RECIPE = Path(__file__).resolve().parents[1] / "dyart" / "configs" / "mnist10k_dyart.yaml"
+METHODS = ("clean", "pgd_at", "trades", "mart", "dyart")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=None, help="method epochs (default: recipe)")
+    p.add_argument("--burn-in-epochs", type=int, default=None)
+    p.add_argument("--eval-n", type=int, default=2000, help="test images (2,000 = all)")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    p.add_argument("--preset", default="standard")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--work-dir", default="/tmp/dyart-bench-robustness")
+    p.add_argument("--results", default="bench/results/robustness.md")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    return p.parse_args()
+
+
+def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
+    """The recipe with the method swapped in; baselines take their catalog defaults."""
+    spec = yaml.safe_load(RECIPE.read_text())
+    spec.update(eval_eps=args.eps, eval_n=args.eval_n, eval_preset=args.preset)
+    if args.epochs is not None:
+        spec["epochs"] = args.epochs
+    if args.burn_in_epochs is not None:
+        spec["burn_in_epochs"] = args.burn_in_epochs
+    if method != "dyart":
+        # ALGORITHM.md §6: baselines use the same optimizer, EMA and schedule, no clipping
+        spec.update(method=method, grad_clip=0.0, hparams={})
+    return TrainConfig.from_dict(spec)
+
+
+def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) -> dict:
+    """Burn-in (or reuse the shared one), then the method; returns the timings."""
+    config = base_config(args, method)
+    out = Path(args.work_dir) / method
+    trainer = Trainer(config, out, device=args.device, init_from=burn_in)
+    started = time.perf_counter()
+    trainer.run(("burn_in",))
+    burn_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    trainer.run(("burn_in", "train"))
+    return {
+        "method": method,
+        "config": config.to_dict(),
+        "burn_in_seconds": burn_seconds,
+        "train_seconds": time.perf_counter() - started,
+        "out_dir": str(out),
+        "results": {},  # eps -> AutoAttack row
+    }
+
+
+def evaluate_method(args: argparse.Namespace, row: dict, eps: float) -> None:
+    """AutoAttack on the best checkpoint's EMA model at one eps (resumable)."""
+    out = Path(row["out_dir"])
+    model = load_model(out / "model-best.safetensors", device=args.device)
+    data = load_dataset("mnist10k", val_size=row["config"]["val_size"], seed=0)
+    n = min(args.eval_n, len(data.test_x))
+    x, y = data.test_x[:n].float() / 255, data.test_y[:n]
+    started = time.perf_counter()
+    result = autoattack_eval(
+        model, x.to(args.device), y.to(args.device), eps_list=[eps], preset=args.preset,
+        state_dir=out / "bench-autoattack",
+    )  # fmt: skip
+    row["results"][eps] = {**result["results"][0], "seconds": time.perf_counter() - started}
+    row["n"] = result["n"]
+
+
+def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str:
+    eps_list = args.eps
+    clean_time = next((r["train_seconds"] for r in rows if r["method"] == "clean"), None)
+    head = "| method | clean acc | " + " | ".join(f"AA acc @ {e:g}" for e in eps_list)
+    head += " | train time (s) | relative to clean |\n"
+    head += "| --- " * (4 + len(eps_list)) + "|\n"
+    lines = []
+    for r in rows:
+        res = r["results"]
+        accs = " | ".join(
+            f"{res[e]['robust_acc']:.3f}" if e in res else "pending" for e in eps_list
+        )
+        rel = f"{r['train_seconds'] / clean_time:.2f}x" if clean_time else "n/a"
+        clean = f"{next(iter(res.values()))['clean_acc']:.3f}" if res else "pending"
+        lines.append(f"| {r['method']} | {clean} | {accs} | {r['train_seconds']:.0f} | {rel} |\n")
+    first = rows[0]
+    config = {k: v for k, v in first["config"].items() if k not in ("method", "hparams")}
+    per_attack = "\n".join(f"* {r['method']}: {_attack_trail(r)}" for r in rows)
+    n = next((r["n"] for r in rows if "n" in r), min(args.eval_n, 2000))
+    text = (
+        "# Robustness on MNIST-10k: clean, PGD-AT, TRADES, MART, DyART\n\n"
+        f"AutoAttack `{args.preset}` on the first {n} of the 2,000 MNIST-10k test images, "
+        "L-inf. Each method: the shared clean burn-in, then the method from the burn-in's "
+        "EMA weights; the evaluated model is the best checkpoint's EMA model (by validation "
+        "PGD-CW accuracy). Train time is the method stage only (the burn-in of "
+        f'{first["burn_in_seconds"]:.0f} s is shared). "pending": not evaluated yet.\n\n'
+        + head
+        + "".join(lines)
+        + "\nAccuracy after each attack (in AutoAttack's order) and evaluation time:\n\n"
+        + per_attack
+        + "\n\n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
+        f"{torch.get_num_threads()} torch threads, device {args.device}, torch "
+        f"{torch.__version__}.\n\n"
+        f"Command: `{command}`\n\n"
+        "Shared settings:\n\n```json\n" + json.dumps(config, indent=1) + "\n```\n\n"
+        "Method hyperparameters:\n\n```json\n"
+        + json.dumps({r["method"]: r["config"]["hparams"] for r in rows}, indent=1)
+        + "\n```\n"
+    )
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(text)
+    return text
+
+
+def _attack_trail(row: dict) -> str:
+    parts = []
+    for eps, res in sorted(row["results"].items()):
+        accs = ", ".join(f"{a} {v:.3f}" for a, v in res["per_attack"].items())
+        parts.append(f"eps {eps:g}: {accs} ({res['seconds']:.0f} s)")
+    return "; ".join(parts) or "pending"
+
+
+def main() -> int:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "PYTHONPATH=. .venv/bin/python " + shlex.join(sys.argv)
+    rows: list[dict] = []
+    burn_in = None
+    for method in args.methods:  # all training first, so every method gets some evaluation
+        print(f"[{time.strftime('%H:%M:%S')}] {method}: training", flush=True)
+        row = train_method(args, method, burn_in)
+        burn_in = burn_in or Path(row["out_dir"]) / "burn_in.pt"
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
+        write_table(args, rows, command)
+    for eps in sorted(args.eps, reverse=True):  # large eps first: most points fall early
+        for row in rows:
+            print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: AutoAttack {eps}", flush=True)
+            evaluate_method(args, row, eps)
+            print(json.dumps(row["results"][eps]), flush=True)
+            write_table(args, rows, command)
+    print(Path(args.results).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The command line: ``dyart train`` and ``dyart eval``.
+
+    dyart train --recipe mnist10k_dyart --out runs/demo
+    dyart train --config my.yaml --epochs 50 --hparam lam_robust=500 --out runs/x
+    dyart eval runs/demo/model-best.safetensors --eps 0.1 0.3 --preset standard --n 1000
+
+Every ``TrainConfig`` field is a flag (``--batch-size``, ``--eval-eps 0.1 0.3``...),
+method hyperparameters are ``--hparam KEY=VALUE``. A bad setting prints one
+line, ``error: <field>: <message>``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dyart import catalog
+from dyart.callbacks import Callback
+from dyart.errors import (
+    CheckpointError,
+    ConfigError,
+    ConfigErrors,
+    DatasetCorruptError,
+    DatasetMissingError,
+    DyartError,
+    InputError,
+    NonFiniteLossError,
+    StopRequested,
+)
+
+RECIPES_DIR = Path(__file__).parent / "configs"
+_INPUT_ERRORS = {
+    DatasetMissingError: "dataset",
+    DatasetCorruptError: "dataset",
+    CheckpointError: "checkpoint",
+    InputError: "input",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one ``error: <flag>: <message>`` line."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("argument "):
+            message = message[len("argument ") :]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def recipes() -> list[str]:
+    """Names of the bundled recipes (``dyart/configs/*.yaml``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dyart", description="DyART robust training from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = commands.add_parser("train", help="train a model (burn-in, method, AutoAttack)")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--config", help="a YAML or JSON file of TrainConfig fields")
+    source.add_argument("--recipe", help=f"a bundled recipe: {', '.join(recipes())}")
+    for name, choices in (
+        ("dataset", catalog.DATASETS),
+        ("architecture", catalog.ARCHITECTURES),
+        ("method", catalog.METHODS),
+    ):
+        train.add_argument(f"--{name}", choices=list(choices), default=argparse.SUPPRESS)
+    for param in catalog.TRAIN_PARAMS.values():
+        _add_param_flag(train, param)
+    train.add_argument(
+        "--hparam", action="append", default=[], metavar="KEY=VALUE",
+        help="a method hyperparameter (repeatable), e.g. --hparam lam_robust=500",
+    )  # fmt: skip
+    train.add_argument("--out", help="output folder (default runs/<dataset>-<method>)")
+    _add_run_flags(train)
+    train.add_argument(
+        "--stages", default="burn_in,train,evaluate", help="comma-separated subset of stages"
+    )
+    train.add_argument("--init-from", help="burn_in.pt of an earlier run to reuse")
+    ev = commands.add_parser("eval", help="AutoAttack a saved model; prints JSON")
+    ev.add_argument("checkpoint", help="model-<kind>.safetensors or its .json card")
+    ev.add_argument("--eps", type=float, nargs="+", help="radii (default: the dataset's)")
+    ev.add_argument("--preset", choices=list(catalog.EVAL_PRESETS), default="standard")
+    ev.add_argument("--n", type=int, default=1000, help="first N test images (default 1000)")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--state-dir", help="folder for progress files; a rerun resumes")
+    ev.add_argument("--output", help="also write the JSON to this file")
+    _add_run_flags(ev)
+    return parser
+
+
+def _add_param_flag(parser: argparse.ArgumentParser, param: catalog.Param) -> None:
+    flag = "--" + param.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": param.name, "default": argparse.SUPPRESS, "help": param.help}
+    if param.type == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif param.type == "choice":
+        kwargs["choices"] = list(param.choices)
+    elif param.type == "float_list":
+        kwargs.update(type=float, nargs="*")
+    else:
+        kwargs["type"] = int if param.type == "int" else float
+    parser.add_argument(flag, **kwargs)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder of on-disk datasets (CIFAR, SVHN...)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig from ``--config``/``--recipe`` plus the flags that override it."""
+    from dyart.config import TrainConfig
+
+    overrides = {
+        k: getattr(args, k)
+        for k in ("dataset", "architecture", "method", *catalog.TRAIN_PARAMS)
+        if hasattr(args, k)
+    }
+    hparams = dict(_parse_hparam(item) for item in args.hparam)
+    path = args.config
+    if args.recipe:
+        if args.recipe not in recipes():
+            raise ConfigError("recipe", f"{args.recipe!r} is not one of {', '.join(recipes())}")
+        path = RECIPES_DIR / f"{args.recipe}.yaml"
+    if path is None:
+        return TrainConfig.from_dict({**overrides, "hparams": hparams}, args.data_dir)
+    import yaml
+
+    try:
+        return TrainConfig.from_file(path, **overrides, hparams=hparams)
+    except (ValueError, yaml.YAMLError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError("config", f"cannot read {path}: {exc}") from exc
+
+
+def _parse_hparam(item: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("hparam", f"expected KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dyart.callbacks import ConsoleCallback
+    from dyart.train import Trainer
+
+    config = load_config(args)
+    out = Path(args.out or f"runs/{config.dataset}-{config.method}")
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    interrupt = _InterruptStop()
+    trainer = Trainer(
+        config, out, device=args.device, data_dir=args.data_dir,
+        callbacks=[ConsoleCallback(), interrupt], init_from=args.init_from,
+    )  # fmt: skip
+    with interrupt.installed():
+        summary = trainer.run(stages)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    checkpoints = summary["checkpoints"]
+    chosen = next((checkpoints[k] for k in ("best", "final", "burn_in") if k in checkpoints), None)
+    if chosen:
+        print(f"checkpoint: {chosen}")
+        print(f"model card: {Path(chosen).with_suffix('.json')}")
+    print(f"results:    {summary['results'] or '(no evaluation: eval_eps is empty)'}")
+    for row in (summary["evaluation"] or {}).get("results", []):
+        print(
+            f"  eps {row['eps']:.4g}: clean {row['clean_acc']:.4f} robust {row['robust_acc']:.4f}"
+        )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from dyart.checkpoint import load_model, read_card
+    from dyart.data import load_dataset
+    from dyart.evaluate import autoattack_eval
+    from dyart.train import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device=device)
+    path = Path(args.checkpoint)
+    card = read_card(path if path.suffix == ".json" else path.with_suffix(".json"))
+    dataset = card["dataset"]
+    eps = args.eps or list(catalog.DATASETS[dataset].eval_eps)
+    for value in eps:
+        if not 0.0 < value <= 1.0:
+            raise ConfigError("eps", f"{value} is outside (0, 1] (pixel scale)")
+    if args.n < 1:
+        raise ConfigError("n", f"expected at least 1 image, got {args.n}")
+    config = card.get("config", {})
+    data = load_dataset(dataset, args.data_dir, val_size=config.get("val_size", 1024),
+                        seed=config.get("seed", 0), device=device)  # fmt: skip
+    n = min(args.n, len(data.test_x))
+    x = data.test_x[:n].to(device).to(torch.float32) / 255
+    result = autoattack_eval(
+        model, x, data.test_y[:n].to(device), eps_list=eps, preset=args.preset,
+        norm=card.get("threat_model", {}).get("norm", "linf"), batch_size=args.batch_size,
+        state_dir=args.state_dir,
+    )  # fmt: skip
+    result.update(checkpoint=str(path), dataset=dataset)
+    result["leaderboard_grade"] = args.preset == "standard" and n == len(data.test_x)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+class _InterruptStop(Callback):
+    """First Ctrl-C asks the trainer to save and stop; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def should_stop(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("stopping after this step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    def installed(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def handler() -> Any:
+            previous = signal.signal(signal.SIGINT, self._handle)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+        return handler()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dyart`` console script; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_train(args) if args.command == "train" else cmd_eval(args)
+    except ConfigError as exc:
+        print(f"error: {_config_message(exc)}", file=sys.stderr)
+    except (DatasetMissingError, DatasetCorruptError, CheckpointError, InputError) as exc:
+        print(f"error: {_with_field(exc)}", file=sys.stderr)
+    except StopRequested as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+    except (NonFiniteLossError, DyartError) as exc:
+        print(f"error: {_with_field(exc, 'training')}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _config_message(exc: ConfigError) -> str:
+    """``field: message`` for each bad field, on one line."""
+    pairs = exc.errors if isinstance(exc, ConfigErrors) else [(exc.field, str(exc))]
+    parts = [m if m.startswith(f"{f}:") else f"{f}: {m}" for f, m in pairs]
+    return " ".join("; ".join(parts).split())
+
+
+def _with_field(exc: Exception, default: str = "") -> str:
+    field = next((f for t, f in _INPUT_ERRORS.items() if isinstance(exc, t)), default)
+    text = " ".join(str(exc).split())  # one line
+    return text if text.startswith(f"{field}:") else f"{field}: {text}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

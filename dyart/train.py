@@ -1,0 +1,507 @@
+"""The trainer: burn-in, the method, then AutoAttack — resumable at any step.
+
+A run is a sequence of stages (ALGORITHM.md §6):
+
+* ``burn_in``: clean cross-entropy for ``burn_in_epochs`` at ``burn_in_lr``, a
+  step schedule planned for twice as many epochs (so it ends still at the peak).
+* ``train``: the configured method, starting from the burn-in's EMA weights
+  loaded into both the live and the EMA model, with a fresh optimizer and
+  schedule.
+* ``evaluate``: AutoAttack on the best checkpoint's EMA model.
+
+Each epoch ends with the EMA model validated on the held-out images (clean and
+PGD with the CW loss), ``state/latest.pt`` written and the best checkpoint kept.
+``Trainer.run`` resumes from ``state/latest.pt`` when there is one, and ends
+where an uninterrupted run would, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dyart import checkpoint
+from dyart.callbacks import Callback, CallbackList, MetricSums, make_row
+from dyart.config import TrainConfig
+from dyart.ema import EMA
+from dyart.errors import CheckpointError, ConfigError, NonFiniteLossError, StopRequested
+from dyart.schedule import Schedule, build_optimizer
+
+STAGES = ("burn_in", "train", "evaluate")
+STATE_FORMAT = "dyart-training-state/1"
+LOG_INTERVAL = 50  # steps between host syncs for on_step and the finiteness check
+
+
+@dataclass
+class StageRun:
+    """Everything one stage trains and everything needed to resume it."""
+
+    name: str
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loader: Any
+    method: Any
+    epochs: int
+    grad_clip: float
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    step: int = 0  # optimizer steps completed in the stage
+    seconds: float = 0.0  # time spent in the current epoch before a resume
+    sums: Tensor | None = None  # per-epoch sums and counts of METRIC_KEYS
+    best: dict[str, Any] = field(default_factory=lambda: {"val_pgd_acc": None, "epoch": 0})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "loader": self.loader.state_dict(),
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "sums": self.sums,
+            "best": dict(self.best),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.loader.load_state_dict(state["loader"])
+        for key in ("epoch", "batch", "step", "seconds", "sums", "best"):
+            setattr(self, key, state[key])
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig` as stages, writing everything under ``out_dir``.
+
+    Args:
+        config: the validated run configuration.
+        out_dir: folder for ``state/latest.pt``, ``burn_in.pt``,
+            ``model-<kind>.safetensors`` + ``.json`` cards, ``metrics.jsonl``
+            and ``results.json``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        data_dir: where on-disk datasets live.
+        callbacks: :class:`dyart.callbacks.Callback` objects.
+        init_from: a burn-in checkpoint (``burn_in.pt`` of an earlier run) to
+            reuse instead of training the burn-in.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        device: str = "auto",
+        data_dir: str | Path | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] = (),
+        init_from: str | Path | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(device)
+        self.data_dir = data_dir
+        self.callbacks = CallbackList(callbacks)
+        self.init_from = None if init_from is None else Path(init_from)
+        self.state_path = self.out_dir / "state" / "latest.pt"
+        self.done: list[str] = []
+        self.data: Any = None
+
+    # --- the stages -------------------------------------------------------------
+
+    def run(self, stages: tuple[str, ...] | list[str] = STAGES) -> dict[str, Any]:
+        """Run ``stages`` in order, resuming from ``state/latest.pt`` if present.
+
+        Returns:
+            ``{"out_dir", "checkpoints": {kind: safetensors path}, "best",
+            "evaluation"}``.
+
+        Raises:
+            StopRequested: a callback's ``should_stop`` returned True (state saved).
+            NonFiniteLossError: the loss became NaN/inf (the last good state is kept).
+        """
+        unknown = [s for s in stages if s not in STAGES]
+        if unknown:
+            raise ConfigError("stages", f"{unknown} not in {', '.join(STAGES)}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        saved = self._load_latest()
+        self.done = list(saved["done"]) if saved else []
+        resume = saved["run"] if saved else None
+        self.data = self._load_data()
+        for stage in (s for s in STAGES if s in stages and s not in self.done):
+            state = resume if resume and resume["name"] == stage else None
+            if stage == "evaluate":
+                self._evaluate()
+            else:
+                self._train_stage(stage, state)
+            self.done.append(stage)
+            self._save_latest(None)
+        return self._summary()
+
+    def _train_stage(self, stage: str, state: dict[str, Any] | None) -> None:
+        if stage == "burn_in" and self.init_from is not None and state is None:
+            self._adopt_burn_in(self.init_from)
+            return
+        if stage == "burn_in" and self.config.burn_in_epochs == 0:
+            return
+        run = self._build_stage(stage)
+        if state is not None:
+            run.load_state_dict(state)
+            checkpoint.restore_rng(state["rng"])
+        self.callbacks.on_stage_start(
+            stage,
+            {"epochs": run.epochs, "steps_per_epoch": len(run.loader),
+             "start_epoch": run.epoch, "resumed": state is not None},
+        )  # fmt: skip
+        while run.epoch < run.epochs:
+            self._train_epoch(run)
+            self._end_epoch(run)
+        self._finish_stage(run)
+
+    def _build_stage(self, stage: str) -> StageRun:
+        """Model, EMA, optimizer, schedule, loader and method of a fresh stage."""
+        from dyart.data import BatchLoader
+        from dyart.methods import get_method
+
+        cfg, data = self.config, self.data
+        index = STAGES.index(stage)
+        torch.manual_seed(cfg.seed + index)  # each stage starts from its own seed
+        model = self._build_model()
+        if stage == "train":
+            self._load_start_weights(model)
+        burn = stage == "burn_in"
+        epochs = cfg.burn_in_epochs if burn else cfg.epochs
+        lr = cfg.burn_in_lr if burn else cfg.lr
+        loader = BatchLoader(
+            data.train_x, data.train_y, cfg.batch_size, shuffle=True, augment=cfg.augment,
+            flip=data.card.channels == 3, pad=_crop_padding(data.card.image_size),
+            drop_last=True, seed=cfg.seed + index, extra_x=data.extra_x, extra_y=data.extra_y,
+            extra_frac=0.0 if burn else cfg.extra_data_frac,
+        )  # fmt: skip
+        if len(loader) == 0:
+            raise ConfigError(
+                "batch_size",
+                f"{cfg.batch_size} is larger than the {len(data.train_x)} training images",
+            )
+        optimizer = build_optimizer(
+            model, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        schedule = Schedule(
+            optimizer, "step" if burn else cfg.schedule,
+            epochs=2 * epochs if burn else epochs,  # burn-in: step planned for 2x, used half
+            steps_per_epoch=len(loader), lr=lr, warmup_frac=cfg.warmup_frac,
+        )  # fmt: skip
+        ema = EMA(model, decay=cfg.ema_decay, total_steps=epochs * len(loader))
+        ema.module.eval()
+        method = (
+            get_method("clean", dataset=cfg.dataset)
+            if burn
+            else get_method(cfg.method, dataset=cfg.dataset, **cfg.hparams)
+        )
+        clip = 0.0 if burn else cfg.grad_clip
+        return StageRun(stage, model, ema, optimizer, schedule, loader, method, epochs, clip)
+
+    def _train_epoch(self, run: StageRun) -> None:
+        """One epoch of optimizer steps; no host sync except every LOG_INTERVAL steps."""
+        run.model.train()
+        if run.batch == 0:
+            run.loader.set_epoch(run.epoch)
+            run.sums = None
+        sums = MetricSums(self.device, run.sums)
+        started = time.perf_counter() - run.seconds
+        for x, y in _progress(run, iter(run.loader)):
+            loss, metrics = run.method(run.model, x, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if run.grad_clip > 0:
+                nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
+            run.optimizer.step()
+            run.schedule.step_batch()
+            run.ema.update(run.model)
+            sums.add(loss, metrics, run.step)
+            run.step += 1
+            run.batch += 1
+            if run.batch % LOG_INTERVAL == 0:
+                interval = sums.interval_means()  # host sync, once per interval
+                self._check_finite(run, sums)
+                self.callbacks.on_step(run.name, run.epoch + 1, run.step, interval)
+            if self.callbacks.should_stop():
+                run.seconds, run.sums = time.perf_counter() - started, sums.totals
+                self._stop(run, sums)
+        run.seconds, run.sums = time.perf_counter() - started, sums.totals
+        self._check_finite(run, sums)
+
+    def _end_epoch(self, run: StageRun) -> None:
+        """Validate the EMA model, write the row and the checkpoints, call back."""
+        run.ema.copy_buffers(run.model)
+        lr = run.optimizer.param_groups[0]["lr"]
+        run.schedule.step_epoch()
+        started = time.perf_counter()
+        val_clean, val_pgd = self._validate(run.ema.module, run.epoch)
+        run.seconds += time.perf_counter() - started
+        means = MetricSums(self.device, run.sums).epoch_means()
+        row = make_row(run.name, run.epoch + 1, lr, means, val_clean, val_pgd, run.seconds)
+        run.epoch, run.batch, run.seconds, run.sums = run.epoch + 1, 0, 0.0, None
+        improved = run.name == "train" and _improves(val_pgd, run.best["val_pgd_acc"])
+        if improved:
+            run.best = {"val_pgd_acc": val_pgd, "epoch": run.epoch}
+        self._save_latest(run)
+        paths = [("latest", self._save_model(run.ema.module, "latest", run))]
+        if improved or (run.name == "train" and val_pgd is None):
+            paths.append(("best", self._save_model(run.ema.module, "best", run)))
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.callbacks.on_epoch_end(run.name, run.epoch, row)
+        for kind, path in paths:
+            self.callbacks.on_checkpoint(kind, path, run.name, run.epoch)
+        if self.callbacks.should_stop():
+            raise StopRequested(f"stopped after {run.name} epoch {run.epoch}; state saved")
+
+    def _finish_stage(self, run: StageRun) -> None:
+        if run.name == "burn_in":
+            path = self.out_dir / "burn_in.pt"
+            state = {
+                "format": "dyart-burn-in/1",
+                "ema": run.ema.module.state_dict(),
+                "config": json.dumps(self.config.to_dict()),
+                "burn_in_key": json.dumps(self.config.burn_in_key()),
+            }
+            checkpoint.save_training_state(path, state)
+            kind = "burn_in"
+        else:
+            kind = "final"
+        saved = self._save_model(run.ema.module, kind, run)
+        self.callbacks.on_checkpoint(kind, saved, run.name, run.epoch)
+
+    def _evaluate(self) -> None:
+        """AutoAttack on the best checkpoint's EMA model (skipped if no eval_eps)."""
+        from dyart.evaluate import autoattack_eval
+
+        cfg = self.config
+        if not cfg.eval_eps:
+            return
+        kind = next(
+            (k for k in ("best", "final", "burn_in") if self._model_path(k).is_file()), None
+        )
+        if kind is None:
+            raise CheckpointError(f"checkpoint: no trained model under {self.out_dir} to evaluate")
+        model = checkpoint.load_model(self._model_path(kind), device=self.device)
+        n = min(cfg.eval_n, len(self.data.test_x))
+        x = self.data.test_x[:n].to(self.device).float() / 255
+        y = self.data.test_y[:n].to(self.device)
+        info = {"epochs": 0, "steps_per_epoch": 0, "eps": list(cfg.eval_eps), "n": n}
+        self.callbacks.on_stage_start("evaluate", {**info, "preset": cfg.eval_preset})
+        results = []
+        for eps in cfg.eval_eps:  # one eps at a time, so a cancel is seen between them
+            if self.callbacks.should_stop():
+                done = [r["eps"] for r in results]
+                raise StopRequested(f"stopped during the evaluation (eps done: {done})")
+            result = autoattack_eval(
+                model, x, y, eps_list=[eps], preset=cfg.eval_preset,
+                state_dir=self.out_dir / "state" / "autoattack", seed=cfg.seed,
+            )  # fmt: skip
+            results.extend(result["results"])
+        result["results"] = results
+        result["checkpoint"] = kind
+        result["dataset"] = cfg.dataset
+        result["leaderboard_grade"] = cfg.eval_preset == "standard" and n == len(self.data.test_x)
+        checkpoint.atomic_write(
+            self.out_dir / "results.json", lambda f: f.write(json.dumps(result, indent=2).encode())
+        )
+        checkpoint.update_card(self._model_path(kind).with_suffix(".json"), autoattack=result)
+        self._fill_robustbench_entry(kind, result)
+        self.callbacks.on_evaluation(result)
+
+    def _fill_robustbench_entry(self, kind: str, result: dict[str, Any]) -> None:
+        """Put the AutoAttack numbers at the dataset's eps into the RobustBench entry."""
+        path = self.out_dir / f"model-{kind}-robustbench.entry.json"
+        eps = self.data.card.eps
+        row = next((r for r in result["results"] if abs(r["eps"] - eps) < 1e-9), None)
+        if path.is_file() and row is not None and result["preset"] == "standard":
+            entry = json.loads(path.read_text())
+            entry["clean_acc"] = f"{100 * row['clean_acc']:.2f}"
+            entry["autoattack_acc"] = f"{100 * row['robust_acc']:.2f}"
+            entry["n_eval"] = result["n"]
+            data = json.dumps(entry, indent=2).encode()
+            checkpoint.atomic_write(path, lambda f: f.write(data))
+
+    # --- pieces -----------------------------------------------------------------
+
+    def _validate(self, model: nn.Module, epoch: int) -> tuple[float | None, float | None]:
+        """Clean and PGD-CW accuracy of the EMA model on the held-out images."""
+        from dyart.evaluate import clean_accuracy, pgd_accuracy
+
+        if len(self.data.val_x) == 0:
+            return None, None
+        x = self.data.val_x.to(self.device).float() / 255
+        y = self.data.val_y.to(self.device)
+        clean = clean_accuracy(model, x, y)
+        robust = pgd_accuracy(
+            model, x, y, eps=self.data.card.eps, steps=self.config.val_pgd_steps,
+            loss="cw", seed=self.config.seed * 1000 + epoch,
+        )  # fmt: skip
+        return clean, robust
+
+    def _check_finite(self, run: StageRun, sums: MetricSums) -> None:
+        bad_step = sums.first_bad_step()  # host sync
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"the {run.name} loss became non-finite (NaN or inf) at step {bad_step + 1} "
+                f"(epoch {bad_step // len(run.loader) + 1}); lower lr "
+                f"(now {run.optimizer.param_groups[0]['lr']:.3g}), set grad_clip, or check "
+                f"the hyperparameters. The last good state is kept at {self.state_path}"
+            )
+
+    def _stop(self, run: StageRun, sums: MetricSums) -> None:
+        self._check_finite(run, sums)  # never save a non-finite state as good
+        self._save_latest(run)
+        raise StopRequested(
+            f"stopped at {run.name} epoch {run.epoch + 1} step {run.step}; state saved to "
+            f"{self.state_path} (run again with the same out_dir to resume)"
+        )
+
+    def _save_latest(self, run: StageRun | None) -> None:
+        state = {
+            "format": STATE_FORMAT,
+            "config": json.dumps(self.config.to_dict(), sort_keys=True),
+            "done": list(self.done),
+            "run": None if run is None else {**run.state_dict(), "rng": checkpoint.capture_rng()},
+        }
+        checkpoint.save_training_state(self.state_path, state)
+
+    def _load_latest(self) -> dict[str, Any] | None:
+        if not self.state_path.is_file():
+            return None
+        state = checkpoint.load_training_state(self.state_path)  # CPU: RNG states must stay there
+        saved = json.loads(state["config"])
+        changed = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
+        if changed:
+            raise CheckpointError(
+                f"checkpoint: {self.state_path} was written for a different config "
+                f"(fields {', '.join(changed)}); use a new out_dir or the same config"
+            )
+        return state
+
+    def _load_data(self) -> Any:
+        from dyart.data import load_dataset
+
+        cfg = self.config
+        return load_dataset(
+            cfg.dataset, self.data_dir, val_size=cfg.val_size, seed=cfg.seed, device=self.device
+        )
+
+    def _build_model(self) -> nn.Module:
+        from dyart.models import build_model
+
+        spec = dict(self._build_spec())
+        return build_model(spec.pop("name"), **spec).to(self.device)
+
+    def _build_spec(self) -> dict[str, Any]:
+        card = self.config.dataset_card
+        return {
+            "name": self.config.architecture,
+            "num_classes": card.num_classes,
+            "in_channels": card.channels,
+            "image_size": card.image_size,
+            "norm_layer": self.config.norm_layer,
+            "mean": list(card.mean),
+            "std": list(card.std),
+        }
+
+    def _load_start_weights(self, model: nn.Module) -> None:
+        """The train stage starts from the burn-in's EMA weights, when there is one."""
+        path = self.out_dir / "burn_in.pt"
+        if path.is_file():
+            state = checkpoint.load_training_state(path)
+            model.load_state_dict(state["ema"])
+
+    def _adopt_burn_in(self, source: Path) -> None:
+        """Reuse another run's burn-in: check it fits, copy it into this run."""
+        state = checkpoint.load_training_state(source)
+        theirs = json.loads(state.get("burn_in_key", "{}"))
+        ours = self.config.burn_in_key()
+        for key in ("dataset", "architecture", "norm_layer"):
+            if theirs.get(key) != ours[key]:
+                raise CheckpointError(
+                    f"init_from: {source} is a burn-in of {key}={theirs.get(key)!r}, "
+                    f"this run needs {key}={ours[key]!r}"
+                )
+        model = self._build_model()
+        model.load_state_dict(state["ema"])  # fails loudly if the shapes differ
+        shutil.copyfile(source, self.out_dir / "burn_in.pt")
+
+    def _model_path(self, kind: str) -> Path:
+        return self.out_dir / f"model-{kind}.safetensors"
+
+    def _save_model(self, model: nn.Module, kind: str, run: StageRun) -> Path:
+        card = checkpoint.model_card(
+            self.config, self._build_spec(), kind, run.name, run.epoch, run.best
+        )
+        path, _ = checkpoint.save_model(self._model_path(kind), model, card)
+        if _has_robustbench_layout(self.config.architecture) and kind in ("best", "final"):
+            entry = checkpoint.robustbench_entry(self.config)
+            checkpoint.save_robustbench(
+                path.with_name(f"model-{kind}-robustbench.pt"), model, entry
+            )
+        return path
+
+    def _summary(self) -> dict[str, Any]:
+        kinds = ("burn_in", "latest", "best", "final")
+        results = self.out_dir / "results.json"
+        return {
+            "out_dir": str(self.out_dir),
+            "checkpoints": {
+                k: str(self._model_path(k)) for k in kinds if self._model_path(k).is_file()
+            },
+            "results": str(results) if results.is_file() else None,
+            "evaluation": json.loads(results.read_text()) if results.is_file() else None,
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{device!r} asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+def _improves(value: float | None, best: float | None) -> bool:
+    return value is not None and (best is None or value > best)
+
+
+def _crop_padding(image_size: int) -> int:
+    """Random-crop padding: 4 pixels on 32x32 and larger images, 1/8 of smaller ones."""
+    return 4 if image_size >= 32 else max(1, image_size // 8)
+
+
+def _has_robustbench_layout(architecture: str) -> bool:
+    return architecture.startswith("wide_resnet") and architecture.endswith("_silu")
+
+
+def _progress(run: StageRun, batches: Any) -> Any:
+    """A tqdm bar when stderr is a terminal; the plain iterator otherwise."""
+    if not sys.stderr.isatty():
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(
+        batches, total=len(run.loader), initial=run.batch, leave=False,
+        desc=f"{run.name} {run.epoch + 1}/{run.epochs}",
+    )  # fmt: skip

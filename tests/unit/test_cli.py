@@ -1,0 +1,105 @@
+"""The command line: one-line errors naming the field, a tiny train run, eval as JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dyart.cli import main, recipes
+from dyart.config import TrainConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--dataset", "synthetic", "--architecture", "mlp", "--method", "dyart",
+    "--epochs", "1", "--burn-in-epochs", "1", "--batch-size", "64", "--schedule", "constant",
+    "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps", "0.1", "--eval-preset", "fast",
+    "--eval-n", "40", "--hparam", "iterations=2", "--device", "cpu",
+]  # fmt: skip
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", *TINY, "--epochs", "0"], "error: epochs: 0 is below the minimum 1"),
+        (["train", *TINY, "--hparam", "r0=9"], "error: hparams.r0: 9.0 is above the maximum"),
+        (["train", *TINY, "--hparam", "nonsense"], "error: hparam: expected KEY=VALUE"),
+        (["train", *TINY, "--hparam", "depth=3"], "error: hparams.depth: method 'dyart' has no"),
+        (["train", "--recipe", "cifar11"], "error: recipe: 'cifar11' is not one of"),
+        (["train", "--config", "/nonexistent.yaml"], "error: config: config file"),
+        (["train", *TINY, "--epochs", "many"], "error: --epochs: invalid int value: 'many'"),
+        (["train", *TINY, "--schedule", "linear"], "error: --schedule: invalid choice"),
+        (["eval", "/nonexistent/model.safetensors"], "error: checkpoint: model card"),
+    ],
+)
+def test_bad_input_prints_one_line_naming_the_field_and_exits_2(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(argv))
+    assert exc.value.code == 2
+    assert _error_line(capsys).startswith(expected)
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    argv = ["train", "--dataset", "cifar10", "--architecture", "small_cnn", "--method", "clean"]
+    assert main([*argv, "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: dataset:") and "cifar-10-batches-py" in line
+
+
+def test_a_config_file_that_is_not_yaml_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [unclosed\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert _error_line(capsys).startswith(f"error: config: cannot read {bad}")
+
+
+def test_every_bundled_recipe_is_a_valid_config():
+    assert {"cifar10_bn", "cifar10_gn", "cifar10_generated", "mnist10k_dyart"} <= set(recipes())
+    assert {"tiny_imagenet_bn", "tiny_imagenet_gn", "digits_dyart"} <= set(recipes())
+    for name in recipes():
+        TrainConfig.from_file(ROOT / "dyart" / "configs" / f"{name}.yaml")
+
+
+def test_train_then_eval_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {out / 'model-best.safetensors'}" in printed
+    assert f"model card: {out / 'model-best.json'}" in printed
+    assert f"results:    {out / 'results.json'}" in printed
+    assert json.loads((out / "results.json").read_text())["n"] == 40
+    argv = ["eval", str(out / "model-best.safetensors"), "--eps", "0.05", "0.1"]
+    assert main([*argv, "--preset", "fast", "--n", "30", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 30 and [r["eps"] for r in result["results"]] == [0.05, 0.1]
+    assert result["dataset"] == "synthetic" and result["leaderboard_grade"] is False
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dyart.cli", "train", *TINY, "--lr", "-1"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: lr: -1.0 is below the minimum 1e-06"

@@ -1,0 +1,123 @@
+"""Exact resume: a run stopped and resumed ends bit-identical to an uninterrupted one."""
+
+import pytest
+import torch
+
+from dyart.callbacks import Callback, StopAfter
+from dyart.config import TrainConfig
+from dyart.errors import CheckpointError, StopRequested
+from dyart.train import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+STAGES = ("burn_in", "train")
+
+
+def _config(**changes) -> TrainConfig:
+    spec = {
+        "dataset": "synthetic",
+        "architecture": "small_cnn",
+        "method": "dyart",
+        "epochs": 2,
+        "burn_in_epochs": 2,
+        "batch_size": 64,
+        "schedule": "cosine",
+        "grad_clip": 1.0,
+        "val_size": 64,
+        "val_pgd_steps": 2,
+        "eval_eps": [],
+        "hparams": {"iterations": 2},
+    }
+    return TrainConfig.from_dict({**spec, **changes})
+
+
+class StopAtStep(Callback):
+    """Asks to stop once ``step`` optimizer steps of ``stage`` are done (mid-epoch)."""
+
+    def __init__(self, stage: str, step: int):
+        self.stage, self.step, self.seen = stage, step, 0
+        self.current = None
+
+    def on_stage_start(self, stage, info):
+        self.current = stage
+
+    def on_step(self, stage, epoch, step, metrics):
+        pass
+
+    def should_stop(self) -> bool:
+        if self.current == self.stage:
+            self.seen += 1
+        return self.seen == self.step
+
+
+def _final_state(out_dir, stops=()) -> dict:
+    """Run to the end of the train stage, stopping there so the full state is saved."""
+    config = _config()
+    for stop in stops:
+        with pytest.raises(StopRequested):
+            Trainer(config, out_dir, device="cpu", callbacks=[stop]).run(STAGES)
+    end = StopAfter("train", config.epochs)
+    with pytest.raises(StopRequested):
+        Trainer(config, out_dir, device="cpu", callbacks=[end]).run(STAGES)
+    return torch.load(out_dir / "state" / "latest.pt", weights_only=True)
+
+
+def _assert_identical(a, b, where="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_identical(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    elif where.endswith(".seconds"):
+        pass  # wall-clock time differs
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return _final_state(tmp_path_factory.mktemp("straight"))
+
+
+def test_resume_at_epoch_boundaries_is_bit_identical(uninterrupted, tmp_path):
+    stops = (StopAfter("burn_in", 1), StopAfter("train", 1))
+    resumed = _final_state(tmp_path, stops)
+    run_a, run_b = uninterrupted["run"], resumed["run"]
+    for key in ("model", "ema", "optimizer", "schedule", "loader", "rng"):
+        _assert_identical(run_a[key], run_b[key], key)
+    assert (run_b["epoch"], run_b["step"]) == (run_a["epoch"], run_a["step"])
+
+
+def test_resume_mid_epoch_is_bit_identical(uninterrupted, tmp_path):
+    resumed = _final_state(tmp_path, (StopAtStep("burn_in", 1), StopAtStep("train", 2)))
+    _assert_identical(uninterrupted["run"]["model"], resumed["run"]["model"], "model")
+    _assert_identical(uninterrupted["run"]["ema"], resumed["run"]["ema"], "ema")
+    _assert_identical(uninterrupted["run"]["optimizer"], resumed["run"]["optimizer"], "opt")
+
+
+def test_stop_saves_the_position_then_raises(tmp_path):
+    with pytest.raises(StopRequested, match="state saved"):
+        Trainer(_config(), tmp_path, device="cpu", callbacks=[StopAtStep("burn_in", 2)]).run()
+    state = torch.load(tmp_path / "state" / "latest.pt", weights_only=True)
+    assert state["run"]["name"] == "burn_in"
+    assert (state["run"]["epoch"], state["run"]["batch"], state["run"]["step"]) == (0, 2, 2)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    with pytest.raises(StopRequested):
+        Trainer(_config(), tmp_path, device="cpu", callbacks=[StopAtStep("burn_in", 1)]).run()
+    with pytest.raises(CheckpointError, match="different config.*lr"):
+        Trainer(_config(lr=0.05), tmp_path, device="cpu").run()

@@ -1,0 +1,178 @@
+"""The trainer end to end on a tiny model: stages, rows, checkpoints, callbacks, failures."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dyart
+from dyart.callbacks import ROW_KEYS, Callback
+from dyart.config import TrainConfig
+from dyart.errors import CheckpointError, ConfigError, NonFiniteLossError
+from dyart.methods.clean import Clean
+from dyart.train import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(**changes) -> TrainConfig:
+    spec = {
+        "dataset": "synthetic",
+        "architecture": "mlp",
+        "method": "dyart",
+        "epochs": 2,
+        "burn_in_epochs": 1,
+        "batch_size": 64,
+        "schedule": "step",
+        "val_size": 64,
+        "val_pgd_steps": 2,
+        "eval_eps": [0.1],
+        "eval_preset": "fast",
+        "eval_n": 50,
+        "hparams": {"iterations": 2},
+    }
+    return TrainConfig.from_dict({**spec, **changes})
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_stage_start(self, stage, info):
+        self.events.append(("stage", stage, info))
+
+    def on_epoch_end(self, stage, epoch, row):
+        self.events.append(("epoch", stage, epoch, row))
+
+    def on_checkpoint(self, kind, path, stage, epoch):
+        self.events.append(("checkpoint", kind, path, stage, epoch))
+
+    def on_evaluation(self, result):
+        self.events.append(("evaluation", result))
+
+    def of(self, kind):
+        return [e[1:] for e in self.events if e[0] == kind]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    recorder = Recorder()
+    summary = Trainer(_config(), out, device="cpu", callbacks=[recorder]).run()
+    return out, recorder, summary
+
+
+def test_stages_run_in_order_with_one_row_per_epoch(finished):
+    _, recorder, _ = finished
+    assert [s for s, _ in recorder.of("stage")] == ["burn_in", "train", "evaluate"]
+    rows = [(stage, epoch) for stage, epoch, _ in recorder.of("epoch")]
+    assert rows == [("burn_in", 1), ("train", 1), ("train", 2)]
+    for _, _, row in recorder.of("epoch"):
+        assert tuple(row) == ROW_KEYS
+        assert 0.0 <= row["val_clean_acc"] <= 1.0 and row["val_pgd_acc"] <= row["val_clean_acc"]
+        assert math.isfinite(row["train_loss"]) and row["seconds"] > 0
+    burn_row, train_row = recorder.of("epoch")[0][2], recorder.of("epoch")[1][2]
+    assert burn_row["margin_q50"] is None  # clean training has no boundary statistics
+    assert train_row["frac_correct"] is not None and train_row["train_robust_acc"] is not None
+
+
+def test_checkpoints_are_announced_after_they_are_complete(finished):
+    out, recorder, summary = finished
+    kinds = [(kind, stage, epoch) for kind, _, stage, epoch in recorder.of("checkpoint")]
+    assert kinds[0] == ("latest", "burn_in", 1) and ("burn_in", "burn_in", 1) in kinds
+    assert ("final", "train", 2) in kinds and any(k[0] == "best" for k in kinds)
+    for _, path, _, _ in recorder.of("checkpoint"):
+        assert path.is_file() and path.with_suffix(".json").is_file()
+    assert (out / "burn_in.pt").is_file() and (out / "state" / "latest.pt").is_file()
+    assert set(summary["checkpoints"]) == {"burn_in", "latest", "best", "final"}
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["stage"] for line in lines] == ["burn_in", "train", "train"]
+
+
+def test_evaluation_goes_to_results_and_the_best_card(finished):
+    out, recorder, summary = finished
+    (result,) = recorder.of("evaluation")
+    result = result[0]
+    assert result["checkpoint"] == "best" and result["n"] == 50
+    assert result["leaderboard_grade"] is False  # fast preset, 50 images
+    row = result["results"][0]
+    assert row["eps"] == 0.1 and row["robust_acc"] <= row["clean_acc"]
+    assert json.loads((out / "results.json").read_text()) == result == summary["evaluation"]
+    card = json.loads((out / "model-best.json").read_text())
+    assert card["autoattack"] == result
+    assert card["method"] == "dyart" and card["hparams"]["iterations"] == 2
+    assert card["build_model"]["name"] == "mlp" and card["normalization"]["inside_model"]
+    assert card["config"] == _config().to_dict()
+    assert set(card["versions"]) == {"dyart", "torch"}
+
+
+def test_best_model_loads_and_matches_its_weights(finished):
+    out, _, _ = finished
+    model = dyart.load_model(out / "model-best.safetensors")
+    saved = load_file(out / "model-best.safetensors")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, saved[name])
+
+
+def test_a_second_run_finds_the_work_done(finished):
+    out, _, summary = finished
+    recorder = Recorder()
+    again = Trainer(_config(), out, device="cpu", callbacks=[recorder]).run()
+    assert recorder.events == [] and again == summary
+
+
+def test_burn_in_reuse_gives_the_same_training(finished, tmp_path):
+    out, _, _ = finished
+    recorder = Recorder()
+    Trainer(
+        _config(), tmp_path, device="cpu", callbacks=[recorder], init_from=out / "burn_in.pt"
+    ).run(("burn_in", "train"))
+    assert [s for s, _ in recorder.of("stage")] == ["train"]  # no burn-in trained
+    ours, theirs = (
+        load_file(tmp_path / "model-final.safetensors"),
+        load_file(out / "model-final.safetensors"),
+    )
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_burn_in_reuse_refuses_another_architecture(finished, tmp_path):
+    out, _, _ = finished
+    other = _config(architecture="small_cnn")
+    with pytest.raises(CheckpointError, match="architecture='mlp'"):
+        Trainer(other, tmp_path, device="cpu", init_from=out / "burn_in.pt").run(("burn_in",))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = Clean.step
+
+    def poisoned(self, model, x, y):  # fault injection: the loss becomes inf in epoch 2
+        loss, metrics = original(self, model, x, y)
+        calls["n"] += 1
+        return (loss * math.inf if calls["n"] > 5 else loss), metrics
+
+    monkeypatch.setattr(Clean, "step", poisoned)
+    config = _config(burn_in_epochs=3)
+    with pytest.raises(NonFiniteLossError, match=r"burn_in loss became non-finite.*step 6"):
+        Trainer(config, tmp_path, device="cpu").run()
+    state = torch.load(tmp_path / "state" / "latest.pt", weights_only=True)
+    assert (state["run"]["name"], state["run"]["epoch"]) == ("burn_in", 1)
+    assert all(torch.isfinite(t).all() for t in state["run"]["model"].values())
+    card = json.loads((tmp_path / "model-latest.json").read_text())
+    assert card["epoch"] == 1
+
+
+def test_unknown_stage_and_oversized_batch_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="stages"):
+        Trainer(_config(), tmp_path, device="cpu").run(("burn_in", "polish"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        Trainer(_config(batch_size=4096), tmp_path, device="cpu").run()
