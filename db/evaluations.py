@@ -1,0 +1,112 @@
+"""Evaluations asked for after training (``worker.run_evaluation``): their lease.
+
+The same pattern as a job's (:mod:`db.jobs`): one conditional UPDATE takes the
+lease, the holder renews it with heartbeats, and the sweep requeues an
+evaluation whose worker went silent, or fails it once out of attempts. (A job's
+own evaluate stage runs under the job's lease; its row has no lease owner.)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Evaluation, utcnow
+
+
+def claim_evaluation(
+    session: Session,
+    evaluation_id: str,
+    worker_id: str,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> bool:
+    """The evaluation's lease, taken like :func:`claim_job`; True if this worker got it."""
+    now = now or utcnow()
+    claimable = or_(
+        Evaluation.status == "queued",
+        (Evaluation.status == "running") & (Evaluation.lease_expires_at < now),
+    )
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, claimable, Evaluation.attempts < max_attempts)
+        .values(
+            status="running",
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Evaluation.attempts + 1,
+            started_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def renew_evaluation_lease(
+    session: Session, evaluation_id: str, worker_id: str, lease_seconds: float
+) -> bool:
+    """Heartbeat of a running evaluation; False if this worker lost it."""
+    now = utcnow()
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.lease_owner == worker_id)
+        .where(Evaluation.status == "running")
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish_evaluation(
+    session: Session, evaluation_id: str, worker_id: str | None, status: str, **values: Any
+) -> bool:
+    """End a running evaluation (succeeded with ``results``, or failed with ``error``)."""
+    query = update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == "running")
+    if worker_id is not None:
+        query = query.where(Evaluation.lease_owner == worker_id)
+    result = session.execute(
+        query.values(
+            status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values
+        ).execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def requeue_stale_evaluations(
+    session: Session, now: datetime, stale_after: float, max_attempts: int
+) -> list[str]:
+    """Stale running evaluations back to queued (or failed when out of attempts)."""
+    cutoff = now - timedelta(seconds=stale_after)
+    stale = or_(Evaluation.heartbeat_at < cutoff, Evaluation.heartbeat_at.is_(None))
+    rows = session.execute(
+        select(Evaluation.id, Evaluation.attempts).where(
+            Evaluation.status == "running", Evaluation.lease_owner.is_not(None), stale
+        )
+    ).all()
+    requeued = []
+    for evaluation_id, attempts in rows:
+        failed = attempts >= max_attempts
+        values: dict[str, Any] = (
+            {"status": "failed", "finished_at": now,
+             "error": f"gave up after {attempts} attempts: worker lost"}
+            if failed
+            else {"status": "queued"}
+        )  # fmt: skip
+        result = session.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == "running", stale)
+            .values(lease_owner=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1 and not failed:
+            requeued.append(evaluation_id)
+    session.commit()
+    return requeued

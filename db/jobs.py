@@ -1,0 +1,350 @@
+"""A job's life in the database: transitions, the lease, heartbeats, the stale sweep.
+
+The database is the lock (DESIGN.md §4). A worker runs a job only while it
+holds the job's *lease*, taken by one conditional UPDATE (:func:`claim_job`), so
+a task the broker delivers twice (Redis re-delivers unacknowledged tasks after
+its visibility timeout) finds the lease held and exits. The holder renews the
+lease with every heartbeat; a job whose heartbeat goes stale (its worker died)
+is put back in the queue by :func:`requeue_stale_jobs`, or failed once it has
+used its attempts.
+
+Attempts: each claim counts one. A stale requeue keeps the count (the next
+claim makes it 2, ...); a user's resume of a canceled or failed job starts a
+fresh budget (attempts back to 0), since the user chose to try again.
+
+Lease operations (claim, renew, finish) commit at once: a lease that is not
+visible to other workers is no lease. The other functions leave the commit to
+the caller, who may group them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    FINAL_STATUSES,
+    METRIC_COLUMNS,
+    Job,
+    JobLog,
+    JobMetric,
+    User,
+    new_id,
+    utcnow,
+)
+
+TRANSITIONS = {
+    "queued": {"running", "canceled", "failed"},
+    "running": {"queued", "succeeded", "failed", "canceled"},
+    "failed": {"queued"},
+    "canceled": {"queued"},
+    "succeeded": set(),
+}
+
+
+class JobStateError(Exception):
+    """Base of the job-state errors."""
+
+
+class InvalidTransitionError(JobStateError):
+    """A job cannot go from its status to the one asked (the API answers 409)."""
+
+    def __init__(self, job_id: str, current: str, wanted: str):
+        super().__init__(f"job {job_id} is {current}; it cannot become {wanted}")
+        self.job_id, self.current, self.wanted = job_id, current, wanted
+
+
+def check_transition(job: Job, wanted: str) -> None:
+    """Raise InvalidTransitionError unless ``job.status -> wanted`` is allowed."""
+    if wanted not in TRANSITIONS.get(job.status, set()):
+        raise InvalidTransitionError(job.id, job.status, wanted)
+
+
+def create_job(
+    session: Session,
+    owner: User,
+    config: dict[str, Any],
+    name: str | None = None,
+    max_attempts: int = 3,
+) -> Job:
+    """A queued job for a resolved TrainConfig dict (flushed; commit, then send the task)."""
+    job = Job(
+        id=new_id(),
+        owner_id=owner.id,
+        name=name,
+        method=config["method"],
+        dataset=config["dataset"],
+        config=config,
+        status="queued",
+        total_epochs=int(config.get("burn_in_epochs") or 0) + int(config.get("epochs") or 0),
+        max_attempts=max_attempts,
+        sent_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def claim_job(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> bool:
+    """Take the job's lease in ONE conditional UPDATE; True if this worker got it.
+
+    Claimable: queued, or running with an expired lease (its worker died), in
+    both cases with attempts left and no cancel pending. Counts one attempt.
+    """
+    now = now or utcnow()
+    claimable = or_(
+        Job.status == "queued",
+        (Job.status == "running") & (Job.lease_expires_at < now),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable, Job.attempts < Job.max_attempts)
+        .where(Job.cancel_requested.is_(False))
+        .values(
+            status="running",
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            heartbeat_at=now,
+            attempts=Job.attempts + 1,
+            error=None,
+            finished_at=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return False
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now)
+    )
+    session.commit()
+    return True
+
+
+def renew_lease(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> bool:
+    """Heartbeat: extend this worker's lease; False if it is no longer the holder."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == "running")
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+heartbeat = renew_lease
+
+
+def _finish(
+    session: Session, job_id: str, worker_id: str | None, commit: bool = True, **values: Any
+) -> bool:
+    """Move a running job to a final or queued state, if ``worker_id`` still holds it.
+
+    ``commit=False`` lets the caller add log lines in the same transaction.
+    """
+    query = update(Job).where(Job.id == job_id, Job.status == "running")
+    if worker_id is not None:
+        query = query.where(Job.lease_owner == worker_id)
+    result = session.execute(
+        query.values(lease_owner=None, lease_expires_at=None, **values).execution_options(
+            synchronize_session=False
+        )
+    )
+    if commit:
+        session.commit()
+    return result.rowcount == 1
+
+
+def mark_succeeded(
+    session: Session, job_id: str, worker_id: str | None = None, commit: bool = True
+) -> bool:
+    """The job finished every stage."""
+    return _finish(session, job_id, worker_id, commit, status="succeeded", finished_at=utcnow())
+
+
+def mark_failed(
+    session: Session, job_id: str, error: str, worker_id: str | None = None, commit: bool = True
+) -> bool:
+    """The job failed with ``error`` (shown to the user); its checkpoints are kept."""
+    return _finish(
+        session, job_id, worker_id, commit, status="failed", error=error, finished_at=utcnow()
+    )
+
+
+def mark_canceled(
+    session: Session, job_id: str, worker_id: str | None = None, commit: bool = True
+) -> bool:
+    """The trainer stopped on a cancel request, after saving a checkpoint."""
+    return _finish(session, job_id, worker_id, commit, status="canceled", finished_at=utcnow())
+
+
+def release_job(session: Session, job_id: str, worker_id: str) -> bool:
+    """Give a running job back to the queue (its worker is shutting down after saving).
+
+    The attempt is given back too: the job was not lost, so it does not count.
+    """
+    return _finish(
+        session, job_id, worker_id, status="queued", sent_at=utcnow(), attempts=Job.attempts - 1
+    )
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """Cancel: a queued job ends at once; a running one is asked to stop at its next step."""
+    if job.status == "queued":
+        check_transition(job, "canceled")
+        job.status, job.finished_at = "canceled", utcnow()
+    elif job.status == "running":
+        job.cancel_requested = True
+    else:
+        raise InvalidTransitionError(job.id, job.status, "canceled")
+    session.flush()
+    return job
+
+
+def resume_job(session: Session, job: Job) -> Job:
+    """Queue a canceled or failed job again; it resumes from its latest checkpoint.
+
+    The attempt budget starts afresh (attempts = 0): the user asked to try again.
+    """
+    if job.status not in ("canceled", "failed"):
+        raise InvalidTransitionError(job.id, job.status, "queued")
+    job.status, job.error, job.cancel_requested = "queued", None, False
+    job.attempts, job.finished_at, job.sent_at = 0, None, utcnow()
+    job.lease_owner = job.lease_expires_at = None
+    session.flush()
+    return job
+
+
+requeue = resume_job
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    """One cheap read of the job's cancel flag."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def set_progress(
+    session: Session, job_id: str, stage: str | None, epoch: int | None, step: int | None
+) -> None:
+    """Record where the job is (stage, 1-based epoch, step within the stage)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(stage=stage, epoch=epoch, step=step)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_metric(
+    session: Session, job_id: str, stage: str, epoch: int, row: dict[str, Any]
+) -> JobMetric:
+    """Insert the epoch's row, or update it if that epoch already has one (a re-run)."""
+    values = {k: _number(row.get(k)) for k in METRIC_COLUMNS}
+    metric = session.scalars(
+        select(JobMetric).where(
+            JobMetric.job_id == job_id, JobMetric.stage == stage, JobMetric.epoch == epoch
+        )
+    ).first()
+    if metric is None:
+        metric = JobMetric(job_id=job_id, stage=stage, epoch=epoch, **values)
+        session.add(metric)
+    else:
+        for key, value in values.items():
+            setattr(metric, key, value)
+        metric.created_at = utcnow()
+    session.flush()
+    return metric
+
+
+def _number(value: Any) -> float | None:
+    """A finite float or None (NaN and inf are not valid JSON; the row keeps None)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def add_log(session: Session, job_id: str, message: str, level: str = "INFO") -> JobLog:
+    """Append a line to the job's log."""
+    line = JobLog(job_id=job_id, level=level, message=message)
+    session.add(line)
+    session.flush()
+    return line
+
+
+def requeue_stale_jobs(session: Session, now: datetime, stale_after: float) -> list[str]:
+    """Requeue running jobs whose heartbeat is older than ``stale_after`` seconds.
+
+    A job out of attempts fails ("gave up after N attempts: worker lost"); a job
+    with a pending cancel ends canceled. Each change is a conditional UPDATE, so
+    two sweeps at once cannot both take a job. Returns the ids to send again.
+    """
+    cutoff = now - timedelta(seconds=stale_after)
+    stale = session.execute(
+        select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested).where(
+            Job.status == "running", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
+        )
+    ).all()
+    requeued = []
+    for job_id, attempts, max_attempts, cancel in stale:
+        values, message = _stale_outcome(attempts, max_attempts, cancel, now)
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running")
+            .where(or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
+            .values(lease_owner=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            add_log(session, job_id, message, "WARNING")
+            if values["status"] == "queued":
+                requeued.append(job_id)
+    session.commit()
+    return requeued
+
+
+def _stale_outcome(
+    attempts: int, max_attempts: int, cancel: bool, now: datetime
+) -> tuple[dict[str, Any], str]:
+    if cancel:
+        return {"status": "canceled", "finished_at": now}, "worker lost while canceling: canceled"
+    if attempts >= max_attempts:
+        error = f"gave up after {attempts} attempts: worker lost"
+        return {"status": "failed", "error": error, "finished_at": now}, error
+    message = f"worker lost (heartbeat stale); requeued after attempt {attempts}"
+    return {"status": "queued", "sent_at": now}, message
+
+
+def queued_jobs_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
+    """Queued jobs whose task went out over ``resend_after`` seconds ago (stamped now)."""
+    cutoff = now - timedelta(seconds=resend_after)
+    ids = list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status == "queued", or_(Job.sent_at < cutoff, Job.sent_at.is_(None))
+            )
+        )
+    )
+    if ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status == "queued")
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return ids
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES

@@ -1,0 +1,164 @@
+"""Service settings: one pydantic-settings class, read from ``DYART_*`` variables.
+
+The defaults give the embedded mode (DESIGN.md §2): SQLite for the database,
+kombu's SQLAlchemy transport on SQLite as the broker, artifacts in a local
+folder, everything under ``home``. Production sets the URLs to Postgres and
+Redis; nothing else in the code knows which mode it is in.
+
+Unsafe combinations are refused at start, naming the variable: a stale-job
+timeout that a healthy worker's heartbeat could miss, or authentication off
+on an address other than loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "DYART_"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each field is one ``DYART_<NAME>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    home: Path = Field(
+        Path("var"),
+        description="Folder for the embedded mode's database, broker, artifacts and data.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the database (default `sqlite:///{home}/dyart.db`; "
+        "production: `postgresql+psycopg://user:pass@host/db`).",
+    )
+    broker_url: str = Field(
+        "",
+        description="Celery broker URL (default `sqla+sqlite:///{home}/broker.db`, a broker "
+        "that needs no server; production: `redis://host:6379/0`).",
+    )
+    result_backend: str = Field(
+        "",
+        description="Celery result backend (default `db+sqlite:///{home}/results.db`). Tasks "
+        "return small dicts; the database, not this backend, holds job state.",
+    )
+    artifacts_dir: Path = Field(
+        Path(""), description="Folder of checkpoints and model cards (default `{home}/artifacts`)."
+    )
+    data_dir: Path = Field(
+        Path(""), description="Folder of local datasets, e.g. CIFAR-10 (default `{home}/data`)."
+    )
+    device: str = Field(
+        "auto", description="Torch device of the worker: `auto` (CUDA if present), `cuda`, `cpu`."
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="Seconds between a running job's heartbeats (and lease renewals)."
+    )
+    stale_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this is requeued (its worker "
+        "died); must exceed 2 x heartbeat_seconds.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts (worker deaths included) before a job fails for good."
+    )
+    sweep_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between the worker's sweeps for stale jobs and unsent queued jobs.",
+    )
+    resend_after_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A job still queued this long after its task was sent is sent again "
+        "(a broker that lost or never got the message).",
+    )
+    worker_queue: str = Field("celery", description="Celery queue the worker consumes.")
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="Bearer-token auth: `auto` = required unless `host` is loopback; "
+        "`off` is refused off loopback.",
+    )
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+
+    @model_validator(mode="after")
+    def _fill_and_check(self) -> Settings:
+        home = Path(self.home).expanduser().resolve()
+        object.__setattr__(self, "home", home)
+        defaults = {
+            "database_url": f"sqlite:///{home}/dyart.db",
+            "broker_url": f"sqla+sqlite:///{home}/broker.db",
+            "result_backend": f"db+sqlite:///{home}/results.db",
+        }
+        for name, value in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        for name in ("artifacts_dir", "data_dir"):
+            value = getattr(self, name)
+            folder = home / name.removesuffix("_dir") if str(value) in ("", ".") else value
+            object.__setattr__(self, name, Path(folder).expanduser().resolve())
+        self._check_safety()
+        return self
+
+    def _check_safety(self) -> None:
+        if self.stale_after_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"DYART_STALE_AFTER_SECONDS ({self.stale_after_seconds:g}) must be more than "
+                f"twice DYART_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), or a live "
+                "worker's job could be taken from it"
+            )
+        if self.auth == "off" and not _is_loopback(self.host):
+            raise ValueError(
+                f"DYART_AUTH=off is only allowed on a loopback host, not {self.host!r}: "
+                "anyone on the network could use the service"
+            )
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a worker's claim on a job lasts without renewal."""
+        return self.stale_after_seconds
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The environment's settings, read once (``get_settings.cache_clear()`` re-reads)."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests that change ``DYART_*`` variables)."""
+    get_settings.cache_clear()
+
+
+def _default_text(name: str, field: Any) -> str:
+    default = field.default
+    if name in ("database_url", "broker_url", "result_backend", "artifacts_dir", "data_dir"):
+        return "(from `home`)"
+    return f"`{default}`"
+
+
+def settings_table_markdown() -> str:
+    """The README's settings table: variable, default, meaning."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {_default_text(name, field)} | {description} |"
+        )
+    return "\n".join(lines)

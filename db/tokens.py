@@ -1,0 +1,90 @@
+"""Users and bearer tokens. A token is shown once; only its sha256 is stored.
+
+A token reads ``dyart_<43 url-safe characters>`` (256 random bits). Its first
+:data:`PREFIX_LENGTH` characters are kept in clear as a name for it, so an
+admin can revoke a token by the prefix they were shown, without the secret.
+Lookup is by hash (a unique index): no timing side channel on the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from db.models import ApiToken, User, as_utc, utcnow
+
+TOKEN_PREFIX = "dyart_"
+PREFIX_LENGTH = 12
+MIN_REVOKE_PREFIX = 8
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # at most one write per token per minute
+
+
+class TokenPrefixError(ValueError):
+    """A revoke prefix too short to name a token safely."""
+
+
+def hash_token(token: str) -> str:
+    """The stored form of ``token``: its sha256, hex."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(session: Session, name: str, is_admin: bool = False) -> User:
+    """Add a user (flushed, not committed)."""
+    user = User(name=name, is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_token(session: Session, user: User) -> str:
+    """A new token for ``user``; returns the plaintext, which is never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(user_id=user.id, prefix=token[:PREFIX_LENGTH], token_hash=hash_token(token))
+    )
+    session.flush()
+    return token
+
+
+def revoke_token(session: Session, prefix: str) -> int:
+    """Revoke every active token whose prefix starts with ``prefix``; returns how many.
+
+    Raises:
+        TokenPrefixError: ``prefix`` is shorter than MIN_REVOKE_PREFIX characters.
+    """
+    if len(prefix) < MIN_REVOKE_PREFIX:
+        raise TokenPrefixError(
+            f"token prefix {prefix!r} is too short: give at least {MIN_REVOKE_PREFIX} characters"
+        )
+    result = session.execute(
+        update(ApiToken)
+        .where(
+            ApiToken.prefix.startswith(prefix[:PREFIX_LENGTH], autoescape=True),
+            ApiToken.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    """The user of an active ``token``, or None (unknown or revoked).
+
+    Records ``last_used_at`` (committed) at most once a minute per token.
+    """
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    now = utcnow()
+    last = as_utc(row.last_used_at)
+    if last is None or now - last > LAST_USED_RESOLUTION:
+        row.last_used_at = now
+        session.commit()
+    return session.get(User, row.user_id)
+
+
+authenticate = user_for_token
