@@ -1,0 +1,127 @@
+"""Settings, tokens, burn-in lookup and the artifact store."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from db import tokens
+from db.burn_in import find_reusable_burn_in
+from db.models import ApiToken, Checkpoint, Job
+from db.settings import Settings, settings_table_markdown
+from worker.artifacts import ArtifactPathError, ArtifactStore, file_sha256
+
+
+def test_settings_defaults_live_under_home(tmp_path, monkeypatch):
+    for key in ("DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "ARTIFACTS_DIR", "DATA_DIR"):
+        monkeypatch.delenv(f"DYART_{key}", raising=False)
+    s = Settings(home=tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path}/dyart.db"
+    assert s.broker_url == f"sqla+sqlite:///{tmp_path}/broker.db"
+    assert s.result_backend == f"db+sqlite:///{tmp_path}/results.db"
+    assert s.artifacts_dir == tmp_path / "artifacts" and s.data_dir == tmp_path / "data"
+
+
+def test_settings_read_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DYART_HOME", str(tmp_path))
+    monkeypatch.setenv("DYART_MAX_ATTEMPTS", "5")
+    assert Settings().max_attempts == 5 and Settings().home == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"heartbeat_seconds": 10, "stale_after_seconds": 20}, "DYART_STALE_AFTER_SECONDS"),
+        ({"auth": "off", "host": "0.0.0.0"}, "DYART_AUTH=off is only allowed on a loopback"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"auth": "sometimes"}, "auth"),
+    ],
+)
+def test_settings_reject_unsafe_values(values, message, tmp_path):
+    with pytest.raises(ValidationError, match=message):
+        Settings(home=tmp_path, **values)
+
+
+def test_settings_table_lists_every_variable():
+    table = settings_table_markdown()
+    for name in Settings.model_fields:
+        assert f"`DYART_{name.upper()}`" in table
+    assert "| `DYART_HEARTBEAT_SECONDS` | `5.0` |" in table
+
+
+def test_token_authenticates_until_revoked(db_session):
+    user = tokens.create_user(db_session, "ann")
+    token = tokens.create_token(db_session, user)
+    db_session.commit()
+    row = db_session.query(ApiToken).one()
+    assert (
+        token.startswith("dyart_") and row.token_hash == hashlib.sha256(token.encode()).hexdigest()
+    )
+    assert token not in (row.prefix + row.token_hash) or len(row.prefix) < len(token)
+    assert tokens.user_for_token(db_session, token).name == "ann"
+    assert tokens.user_for_token(db_session, token + "x") is None
+    assert row.last_used_at is not None
+    with pytest.raises(tokens.TokenPrefixError, match="too short"):
+        tokens.revoke_token(db_session, token[:4])
+    assert tokens.revoke_token(db_session, token[:10]) == 1
+    db_session.commit()
+    assert tokens.user_for_token(db_session, token) is None
+    assert tokens.revoke_token(db_session, token[:10]) == 0
+
+
+def _job_with_burn_in(session, store, owner, config):
+    job = Job(owner_id=owner.id, method="dyart", dataset=config["dataset"], config=config)
+    session.add(job)
+    session.flush()
+    folder = store.job_dir(job.id)
+    folder.mkdir(parents=True)
+    (folder / "burn_in.pt").write_bytes(b"state")
+    (folder / "model-burn_in.safetensors").write_bytes(b"w")
+    path = store.relative(folder / "model-burn_in.safetensors")
+    session.add(Checkpoint(job_id=job.id, kind="burn_in", path=path, size=1, sha256="0" * 64))
+    session.flush()
+    return job
+
+
+def test_burn_in_reuse_needs_an_equal_key_and_the_file(db_session, tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    owner = tokens.create_user(db_session, "ann")
+    key = {"dataset": "digits", "architecture": "mlp", "seed": 0, "burn_in_epochs": 1}
+    source = _job_with_burn_in(db_session, store, owner, {**key, "method": "clean"})
+    other = _job_with_burn_in(db_session, store, owner, {**key, "seed": 1})
+    found = find_reusable_burn_in(db_session, "f" * 32, key, store.resolve)
+    assert found == (source.id, store.job_dir(source.id) / "burn_in.pt")
+    assert find_reusable_burn_in(db_session, source.id, key, store.resolve) is None  # not itself
+    assert (
+        find_reusable_burn_in(db_session, "f" * 32, {**key, "burn_in_epochs": 0}, store.resolve)
+        is None
+    )
+    (store.job_dir(source.id) / "burn_in.pt").unlink()
+    assert find_reusable_burn_in(db_session, "f" * 32, key, store.resolve) is None
+    assert other.id != source.id
+
+
+def test_artifact_store_refuses_paths_outside_it(tmp_path):
+    store = ArtifactStore(tmp_path / "a")
+    (tmp_path / "a").mkdir()
+    for bad in ("../x", "/etc/passwd", "jobs/../../x"):
+        with pytest.raises(ArtifactPathError):
+            store.resolve(bad)
+    (tmp_path / "a" / "link").symlink_to(tmp_path)
+    with pytest.raises(ArtifactPathError, match="leaves"):
+        store.resolve("link/secret")
+    with pytest.raises(ArtifactPathError, match="32 hexadecimal"):
+        store.job_dir("../../etc")
+    with pytest.raises(ArtifactPathError, match="outside"):
+        store.relative(tmp_path / "elsewhere")
+
+
+def test_artifact_store_writes_atomically_and_hashes(tmp_path):
+    store = ArtifactStore(tmp_path)
+    path = store.write_bytes("jobs/x/file.bin", b"abc" * 1000)
+    assert path.read_bytes() == b"abc" * 1000 and store.relative(path) == "jobs/x/file.bin"
+    assert file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert [p.name for p in Path(path.parent).iterdir()] == ["file.bin"]  # no temp left

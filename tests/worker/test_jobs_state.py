@@ -1,0 +1,213 @@
+"""db.jobs on the real database: the atomic lease, stale requeue, transitions, metrics."""
+
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from db import jobs
+from db.models import Job, JobLog, JobMetric, utcnow
+from tests.worker.conftest import TINY_JOB, resolved
+
+
+@pytest.fixture
+def job_id(session_factory, make_user):
+    owner, _ = make_user("owner")
+    with session_factory() as session:
+        job = jobs.create_job(session, owner, resolved(TINY_JOB), name="t", max_attempts=2)
+        session.commit()
+        return job.id
+
+
+def _claim(session_factory, job_id, worker, now=None, lease=30.0):
+    with session_factory() as session:
+        return jobs.claim_job(session, job_id, worker, lease, now=now)
+
+
+def _job(session_factory, job_id) -> Job:
+    with session_factory(expire_on_commit=False) as session:
+        return session.get(Job, job_id)
+
+
+def test_claim_job_one_of_two_sessions_wins(session_factory, job_id):
+    first, second = session_factory(), session_factory()
+    try:
+        results = [jobs.claim_job(s, job_id, f"w{i}", 30) for i, s in enumerate((first, second))]
+    finally:
+        first.close(), second.close()
+    assert results == [True, False]
+    job = _job(session_factory, job_id)
+    assert job.status == "running" and job.lease_owner == "w0" and job.attempts == 1
+    assert job.started_at is not None and job.heartbeat_at is not None
+
+
+def _claim_in_process(url, job_id, worker, barrier, results):
+    from db.session import engine_for_url, make_session_factory
+
+    engine = engine_for_url(url)
+    barrier.wait()
+    with make_session_factory(engine)() as session:
+        results.put(jobs.claim_job(session, job_id, worker, 30))
+    engine.dispose()
+
+
+def test_claim_job_is_atomic_across_processes(settings, session_factory, job_id):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_claim_in_process,
+            args=(settings.database_url, job_id, f"p{i}", barrier, results),
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    won = [results.get(timeout=5) for _ in procs]
+    assert sorted(won) == [False, False, False, True]
+    assert _job(session_factory, job_id).attempts == 1
+
+
+def test_claim_job_fails_while_lease_live_and_succeeds_after_expiry(session_factory, job_id):
+    now = utcnow()
+    assert _claim(session_factory, job_id, "a", now=now, lease=10)
+    assert not _claim(session_factory, job_id, "b", now=now + timedelta(seconds=9))
+    assert _claim(session_factory, job_id, "b", now=now + timedelta(seconds=11))
+    job = _job(session_factory, job_id)
+    assert job.lease_owner == "b" and job.attempts == 2
+    assert not _claim(session_factory, job_id, "c", now=now + timedelta(seconds=60))  # max 2
+
+
+def test_renew_lease_only_for_the_holder(session_factory, job_id):
+    assert _claim(session_factory, job_id, "a")
+    with session_factory() as session:
+        assert jobs.renew_lease(session, job_id, "a", 30)
+        assert not jobs.renew_lease(session, job_id, "b", 30)
+        assert not jobs.mark_succeeded(session, job_id, "b")
+        assert jobs.mark_succeeded(session, job_id, "a")
+        assert not jobs.renew_lease(session, job_id, "a", 30)  # finished: no lease
+    job = _job(session_factory, job_id)
+    assert job.status == "succeeded" and job.lease_owner is None and job.finished_at
+
+
+def test_requeue_stale_jobs_then_give_up_after_max_attempts(session_factory, job_id):
+    start = utcnow()
+    assert _claim(session_factory, job_id, "a", now=start)
+    with session_factory() as session:
+        assert jobs.requeue_stale_jobs(session, start + timedelta(seconds=5), 60) == []
+        assert jobs.requeue_stale_jobs(session, start + timedelta(seconds=61), 60) == [job_id]
+    job = _job(session_factory, job_id)
+    assert job.status == "queued" and job.lease_owner is None and job.attempts == 1
+    later = start + timedelta(seconds=100)
+    assert _claim(session_factory, job_id, "b", now=later)
+    with session_factory() as session:
+        assert jobs.requeue_stale_jobs(session, later + timedelta(seconds=61), 60) == []
+        messages = list(session.scalars(select(JobLog.message).where(JobLog.job_id == job_id)))
+    job = _job(session_factory, job_id)
+    assert job.status == "failed" and job.error == "gave up after 2 attempts: worker lost"
+    assert job.finished_at is not None
+    assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
+
+
+def test_stale_job_with_cancel_pending_ends_canceled(session_factory, job_id):
+    start = utcnow()
+    assert _claim(session_factory, job_id, "a", now=start)
+    with session_factory() as session:
+        jobs.request_cancel(session, session.get(Job, job_id))
+        session.commit()
+        assert jobs.requeue_stale_jobs(session, start + timedelta(seconds=61), 60) == []
+    assert _job(session_factory, job_id).status == "canceled"
+
+
+def test_cancel_queued_ends_at_once_and_running_sets_flag(session_factory, job_id, make_user):
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        jobs.request_cancel(session, job)
+        assert job.status == "canceled" and job.finished_at is not None
+        with pytest.raises(jobs.InvalidTransitionError, match="is canceled"):
+            jobs.request_cancel(session, job)
+        jobs.resume_job(session, job)
+        session.commit()
+    assert _claim(session_factory, job_id, "a")
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        jobs.request_cancel(session, job)
+        session.commit()
+        assert job.status == "running" and jobs.is_cancel_requested(session, job_id)
+        assert not _claim(session_factory, job_id, "b", now=utcnow() + timedelta(hours=1))
+
+
+def test_resume_resets_attempts_and_refuses_other_states(session_factory, job_id):
+    assert _claim(session_factory, job_id, "a")
+    with session_factory() as session:
+        with pytest.raises(jobs.InvalidTransitionError):
+            jobs.resume_job(session, session.get(Job, job_id))
+        assert jobs.mark_failed(session, job_id, "boom", "a")
+        job = session.get(Job, job_id)
+        jobs.resume_job(session, job)
+        session.commit()
+        assert (job.status, job.error, job.attempts, job.finished_at) == ("queued", None, 0, None)
+        assert jobs.claim_job(session, job_id, "b", 30)
+        assert jobs.mark_succeeded(session, job_id, "b")
+        with pytest.raises(jobs.InvalidTransitionError, match="cannot become queued"):
+            jobs.resume_job(session, session.get(Job, job_id))
+
+
+def test_record_metric_upserts_a_rerun_epoch(session_factory, job_id):
+    with session_factory() as session:
+        jobs.record_metric(session, job_id, "train", 1, {"train_loss": 2.0, "lr": 0.1})
+        jobs.record_metric(session, job_id, "train", 1, {"train_loss": 1.5, "val_pgd_acc": "nan"})
+        jobs.record_metric(session, job_id, "train", 2, {"train_loss": float("inf")})
+        session.commit()
+        rows = session.scalars(select(JobMetric).order_by(JobMetric.epoch)).all()
+        assert [(r.epoch, r.train_loss, r.lr, r.val_pgd_acc) for r in rows] == [
+            (1, 1.5, None, None),
+            (2, None, None, None),
+        ]
+
+
+def test_queued_jobs_to_resend_only_after_the_delay(session_factory, job_id):
+    now = utcnow()
+    with session_factory() as session:
+        assert jobs.queued_jobs_to_resend(session, now, 300) == []
+        assert jobs.queued_jobs_to_resend(session, now + timedelta(seconds=301), 300) == [job_id]
+        assert jobs.queued_jobs_to_resend(session, now + timedelta(seconds=302), 300) == []
+
+
+def test_add_log_keeps_order(session_factory, job_id):
+    with session_factory() as session:
+        for i in range(3):
+            jobs.add_log(session, job_id, f"line {i}")
+        session.commit()
+        lines = session.scalars(
+            select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
+        )
+        assert list(lines) == ["line 0", "line 1", "line 2"]
+        assert session.scalar(select(func.count()).select_from(JobLog)) == 3
+
+
+def test_evaluation_lease_is_exclusive_and_stale_ones_requeue(session_factory, job_id):
+    from db import evaluations
+    from db.models import Evaluation
+
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        eid, start = row.id, utcnow()
+        assert evaluations.claim_evaluation(session, eid, "a", 10, max_attempts=2, now=start)
+        assert not evaluations.claim_evaluation(session, eid, "b", 10, max_attempts=2, now=start)
+        assert not evaluations.renew_evaluation_lease(session, eid, "b", 10)
+        assert evaluations.requeue_stale_evaluations(
+            session, start + timedelta(seconds=61), 60, 2
+        ) == [eid]
+        assert evaluations.claim_evaluation(session, eid, "b", 10, max_attempts=2)
+        assert not evaluations.finish_evaluation(session, eid, "a", "succeeded")
+        assert evaluations.finish_evaluation(session, eid, "b", "succeeded", results=[{"eps": 0.1}])
+        row = session.get(Evaluation, eid)
+        assert (row.status, row.attempts, row.lease_owner) == ("succeeded", 2, None)

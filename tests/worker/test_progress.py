@@ -1,0 +1,73 @@
+"""The trainer callbacks that write to the database, driven directly (no training)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from db import jobs
+from db.models import Checkpoint, Job, JobMetric
+from tests.worker.conftest import TINY_JOB, log_lines, resolved
+from worker.artifacts import ArtifactStore, file_sha256
+from worker.progress import DbCallback, LeaseLostError
+
+
+@pytest.fixture
+def callback(settings, session_factory, make_user):
+    owner, _ = make_user("owner")
+    with session_factory() as session:
+        job = jobs.create_job(session, owner, resolved(TINY_JOB))
+        session.commit()
+        job_id = job.id
+    store = ArtifactStore(settings.artifacts_dir)
+    store.job_dir(job_id).mkdir(parents=True)
+    return DbCallback(job_id, session_factory, store, threading.Event(), resolved(TINY_JOB))
+
+
+def test_rows_lost_by_a_kill_are_recovered_from_the_trainers_file(callback, session_factory):
+    rows = [{"stage": "train", "epoch": e, "train_loss": 1.0 / e, "seconds": 1.0} for e in (1, 2)]
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "tr'  # cut short
+    (callback.store.job_dir(callback.job_id) / "metrics.jsonl").write_text(text)
+    callback.on_epoch_end("train", 1, rows[0])  # the database saw epoch 1 only
+    callback.on_stage_start("train", {"start_epoch": 2, "resumed": True})
+    with session_factory() as session:
+        got = session.execute(
+            select(JobMetric.epoch, JobMetric.train_loss).order_by(JobMetric.epoch)
+        )
+        assert [tuple(r) for r in got] == [(1, 1.0), (2, 0.5)]
+    lines = log_lines(session_factory, callback.job_id)
+    assert (
+        lines[-2].startswith("train epoch 2 done: train_loss=0.5000") and "[recovered" in lines[-2]
+    )
+    assert lines[-1] == "resumed train from the checkpoint at epoch 2"
+
+
+def test_checkpoint_row_is_replaced_by_a_newer_file_of_its_kind(callback, session_factory):
+    folder = callback.store.job_dir(callback.job_id)
+    weights = folder / "model-latest.safetensors"
+    for epoch, data in ((1, b"one"), (2, b"second")):
+        weights.write_bytes(data)
+        weights.with_suffix(".json").write_text("{}")
+        callback.on_checkpoint("latest", weights, "train", epoch)
+    with session_factory() as session:
+        [row] = session.scalars(select(Checkpoint))
+        assert (row.epoch, row.size, row.sha256) == (2, 6, file_sha256(weights))
+        assert row.path == f"jobs/{callback.job_id}/model-latest.safetensors"
+        assert row.card_path.endswith(".json") and row.robustbench_path is None
+
+
+def test_should_stop_follows_cancel_and_lost_lease(callback, session_factory):
+    callback.poll_seconds = 0.0
+    assert callback.should_stop() is False
+    with session_factory() as session:
+        job = session.get(Job, callback.job_id)
+        job.status = "running"
+        jobs.request_cancel(session, job)
+        session.commit()
+    assert callback.should_stop() is True
+    callback.lease_lost.set()
+    with pytest.raises(LeaseLostError):
+        callback.should_stop()

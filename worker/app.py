@@ -1,0 +1,90 @@
+"""The Celery app, built from the service settings (``celery -A worker.app worker``).
+
+Reliability settings (DESIGN.md §4, Celery's task guidance):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged
+  only once its task returns, so a worker that dies does not lose it; tasks are
+  safe to run again because each one first takes the job's lease in the database.
+* ``worker_prefetch_multiplier = 1``: a worker holds one message at a time, so a
+  queued job is not stuck behind a running one on a busy worker.
+* Explicit task names (``worker.run_job``, ``worker.run_evaluation``): the API
+  sends them by name and never imports this package.
+* Redis re-delivers a message not acknowledged within its visibility timeout
+  (one hour by default), and training runs longer: the copy finds the lease
+  held and returns at once. A killed worker's message is not re-delivered
+  soon by either broker; the sweep below sends the job again.
+* Results are not stored (the database holds job state); the tasks return small
+  dicts for the worker's log.
+
+A warm shutdown (SIGTERM) hands a running job over: the trainer saves its state
+at the next step and the job is queued again for another worker, its attempt
+not counted (this works where the task runs in the worker's main process, the
+``solo`` pool; in a ``prefork`` child the job runs on until the shutdown's
+grace period ends, and the sweep requeues it once its heartbeat is stale).
+
+The stale-job sweep runs inside every worker process as a daemon thread (see
+:mod:`worker.sweep`), started when the worker is ready: it needs no beat process
+and works with the serverless SQLite broker of the embedded mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+from db.settings import Settings, get_settings
+
+
+def transport_options(broker_url: str) -> dict[str, Any]:
+    """Broker options: kombu's SQLAlchemy transport passes them to ``create_engine``."""
+    if broker_url.startswith("sqla+sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The worker's Celery app for ``settings``."""
+    app = Celery("dyart", broker=settings.broker_url, backend=settings.result_backend)
+    app.conf.update(
+        include=["worker.tasks"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.worker_queue,
+        broker_transport_options=transport_options(settings.broker_url),
+        broker_connection_retry_on_startup=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=True,
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+@worker_ready.connect
+def _start_sweep(sender: Any = None, **_: Any) -> None:
+    from worker.sweep import start_sweeper
+
+    start_sweeper(app, get_settings())
+
+
+@worker_shutting_down.connect
+def _hand_over_running_job(sender: Any = None, **_: Any) -> None:
+    # Warm shutdown (SIGTERM): a running job saves its state at its next step and
+    # goes back to the queue for another worker, instead of holding the shutdown.
+    from worker.runner import SHUTDOWN
+
+    SHUTDOWN.set()
+
+
+@worker_shutdown.connect
+def _stop_sweep(sender: Any = None, **_: Any) -> None:
+    from worker.sweep import stop_sweeper
+
+    stop_sweeper()

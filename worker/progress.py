@@ -1,0 +1,217 @@
+"""The trainer's callbacks that write a job's progress to the database.
+
+Each hook opens a short session and commits, so the API (and its event
+stream) sees progress as it happens. A checkpoint row is written only in
+``on_checkpoint``, which the trainer calls after the file's atomic rename: the
+size and sha256 are of the complete file. ``should_stop`` is called after every
+step, so it reads the cancel flag at most once per ``poll_seconds``.
+
+The job's own AutoAttack evaluation (its ``evaluate`` stage) is an evaluation
+row with no lease owner (the job's lease covers it); evaluations asked for later
+have their own lease (``worker.run_evaluation``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import jobs
+from db.models import Checkpoint, Evaluation, JobMetric, utcnow
+from dyart.callbacks import Callback
+from worker.artifacts import ArtifactStore, file_sha256
+
+log = logging.getLogger("worker")
+POLL_SECONDS = 1.0
+
+
+class LeaseLostError(Exception):
+    """Another worker owns the job now: stop at once, save and write nothing."""
+
+
+class DbCallback(Callback):
+    """dyart callback protocol (dyart.callbacks.Callback) writing to the job's rows."""
+
+    def __init__(
+        self,
+        job_id: str,
+        factory: sessionmaker[Session],
+        store: ArtifactStore,
+        lease_lost: threading.Event,
+        config: dict[str, Any],
+        poll_seconds: float = POLL_SECONDS,
+        shutdown: threading.Event | None = None,
+    ):
+        self.job_id, self.factory, self.store = job_id, factory, store
+        self.lease_lost, self.config, self.poll_seconds = lease_lost, config, poll_seconds
+        self._cancel, self._polled = False, 0.0
+        self.shutdown = shutdown or threading.Event()
+        self.handing_over = False
+        self._recovered = False
+
+    def _log(self, session: Session, message: str, level: str = "INFO") -> None:
+        jobs.add_log(session, self.job_id, message, level)
+
+    def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
+        start = int(info.get("start_epoch") or 0)
+        with self.factory() as session:
+            if not self._recovered:  # once per attempt, before its first row
+                self._recovered = True
+                self._recover_rows(session)
+            jobs.set_progress(
+                session, self.job_id, stage, start + 1 if stage != "evaluate" else 0, 0
+            )
+            if stage == "evaluate":
+                self._start_evaluation(session, info)
+                self._log(session, f"evaluate: AutoAttack {info.get('preset')} on "
+                          f"{info.get('n')} test images at eps {info.get('eps')}")  # fmt: skip
+            elif info.get("resumed"):
+                self._log(session, f"resumed {stage} from the checkpoint at epoch {start}")
+            else:
+                self._log(session, f"{stage}: {info.get('epochs')} epochs of "
+                          f"{info.get('steps_per_epoch')} steps")  # fmt: skip
+            session.commit()
+
+    def _recover_rows(self, session: Session) -> None:
+        """Epoch rows the trainer wrote to metrics.jsonl but the database never got.
+
+        The trainer saves its state before calling ``on_epoch_end``; a worker
+        killed in between leaves an epoch that will not run again. Its row is
+        in the trainer's own metrics file: copy it over.
+        """
+        path = self.store.job_dir(self.job_id) / "metrics.jsonl"
+        if not path.is_file():
+            return
+        query = select(JobMetric.stage, JobMetric.epoch).where(JobMetric.job_id == self.job_id)
+        have = {(stage, epoch) for stage, epoch in session.execute(query)}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                key = (str(row["stage"]), int(row["epoch"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by the kill
+            if key not in have:
+                have.add(key)
+                metric = jobs.record_metric(session, self.job_id, *key, row)
+                self._log(session, _epoch_line(metric, row) + " [recovered from metrics.jsonl]")
+
+    def on_step(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        with self.factory() as session:
+            jobs.set_progress(session, self.job_id, stage, epoch, step)
+            session.commit()
+
+    def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
+        with self.factory() as session:
+            metric = jobs.record_metric(session, self.job_id, stage, epoch, row)
+            jobs.set_progress(session, self.job_id, stage, epoch, None)
+            self._log(session, _epoch_line(metric, row))
+            session.commit()
+
+    def on_checkpoint(self, kind: str, path: Path, stage: str, epoch: int) -> None:
+        path = Path(path)
+        robustbench = path.with_name(f"{path.stem}-robustbench.pt")
+        values = {
+            "stage": stage,
+            "epoch": epoch,
+            "path": self.store.relative(path),
+            "card_path": self.store.relative(path.with_suffix(".json")),
+            "robustbench_path": self.store.relative(robustbench) if robustbench.is_file() else None,
+            "size": path.stat().st_size,
+            "sha256": file_sha256(path),
+            "created_at": utcnow(),
+        }
+        with self.factory() as session:
+            row = session.scalars(
+                select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.kind == kind)
+            ).first()
+            if row is None:
+                session.add(Checkpoint(job_id=self.job_id, kind=kind, **values))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+            self._log(
+                session, f"checkpoint {kind} saved ({stage} epoch {epoch}, {values['size']} bytes)"
+            )
+            session.commit()
+
+    def _start_evaluation(self, session: Session, info: dict[str, Any]) -> None:
+        if _own_evaluation(session, self.job_id) is not None:
+            return  # resumed: the row of the interrupted evaluation carries on
+        session.add(
+            Evaluation(
+                job_id=self.job_id,
+                status="running",
+                preset=str(info.get("preset") or self.config.get("eval_preset")),
+                n=int(info.get("n") or 0),
+                norm=(self.config.get("hparams") or {}).get("norm", "linf"),
+                eps=list(info.get("eps") or []),
+                results=[],
+                started_at=utcnow(),
+            )
+        )
+
+    def on_evaluation(self, result: dict[str, Any]) -> None:
+        with self.factory() as session:
+            evaluation = _own_evaluation(session, self.job_id)
+            if evaluation is None:
+                return
+            checkpoint = session.scalars(
+                select(Checkpoint.id).where(
+                    Checkpoint.job_id == self.job_id, Checkpoint.kind == result.get("checkpoint")
+                )
+            ).first()
+            evaluation.checkpoint_id = checkpoint
+            evaluation.results = list(result.get("results") or [])
+            evaluation.n = int(result.get("n") or evaluation.n)
+            evaluation.leaderboard_grade = bool(result.get("leaderboard_grade"))
+            evaluation.status, evaluation.finished_at = "succeeded", utcnow()
+            self._log(session, f"evaluation done: {evaluation.results}")
+            session.commit()
+
+    def should_stop(self) -> bool:
+        if self.lease_lost.is_set():
+            raise LeaseLostError(f"job {self.job_id}: lease lost")
+        if self.shutdown.is_set():
+            self.handing_over = True  # the trainer saves its state, then stops
+            return True
+        now = time.monotonic()
+        if not self._cancel and now - self._polled >= self.poll_seconds:
+            self._polled = now
+            with self.factory() as session:
+                self._cancel = jobs.is_cancel_requested(session, self.job_id)
+        return self._cancel
+
+
+def _epoch_line(metric: JobMetric, row: dict[str, Any]) -> str:
+    """``train epoch 3 done: train_loss=... val_pgd_acc=... (4.2 s)``"""
+    shown = ("train_loss", "train_clean_acc", "val_clean_acc", "val_pgd_acc")
+    numbers = " ".join(
+        f"{k}={getattr(metric, k):.4f}" for k in shown if getattr(metric, k) is not None
+    )
+    seconds = float(row.get("seconds") or 0)
+    return f"{metric.stage} epoch {metric.epoch} done: {numbers} ({seconds:.1f} s)"
+
+
+def _own_evaluation(session: Session, job_id: str) -> Evaluation | None:
+    """The job's own running evaluation (no lease owner of its own), if any."""
+    return session.scalars(
+        select(Evaluation)
+        .where(Evaluation.job_id == job_id, Evaluation.status == "running")
+        .where(Evaluation.lease_owner.is_(None))
+        .order_by(Evaluation.created_at.desc())
+    ).first()
+
+
+def close_job_evaluations(session: Session, job_id: str, status: str, message: str) -> None:
+    """End the job's own evaluation with the job (so event streams see the end)."""
+    evaluation = _own_evaluation(session, job_id)
+    if evaluation is not None and status != "succeeded":
+        evaluation.status, evaluation.finished_at = status, utcnow()
+        evaluation.error = message

@@ -1,0 +1,326 @@
+"""Runs a job: job row -> TrainConfig -> dyart Trainer, reporting to the database.
+
+The only place where the service meets the algorithm library. While a job
+runs, a :class:`LeaseKeeper` thread renews its lease and heartbeat every
+``heartbeat_seconds``; the trainer's callbacks (:class:`worker.progress.DbCallback`)
+write progress, per-epoch metrics, log lines, checkpoint rows and the
+evaluation, and answer ``should_stop`` from the job's cancel flag (read at most
+once a second). Outcomes:
+
+* the trainer returns                -> succeeded
+* ``StopRequested`` (a cancel)       -> canceled, its checkpoint kept (resumable)
+* ``DyartError`` (NaN loss, bad data) -> failed with the library's message
+* anything else                      -> failed "internal error: <type>: <msg>",
+                                        the traceback in the job's log
+* the lease lost (another worker took the job after this one went silent)
+                                      -> stop at once, write nothing more, save nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import evaluations, jobs
+from db.burn_in import find_reusable_burn_in
+from db.models import Checkpoint, Evaluation, Job
+from db.session import make_engine, make_session_factory
+from db.settings import Settings, get_settings
+from worker.artifacts import ArtifactStore
+from worker.progress import DbCallback, LeaseLostError, close_job_evaluations
+
+log = logging.getLogger("worker")
+SHUTDOWN = threading.Event()  # set by a warm shutdown of this worker (worker.app)
+
+
+@lru_cache(maxsize=4)
+def _factory_for(pid: int) -> sessionmaker[Session]:
+    return make_session_factory(make_engine(get_settings()))
+
+
+def session_factory() -> sessionmaker[Session]:
+    """This process's session factory (a forked pool child makes its own engine)."""
+    return _factory_for(os.getpid())
+
+
+def new_worker_id() -> str:
+    """A lease owner name: host, process and a random suffix per task run."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def software_versions() -> dict[str, str]:
+    """What ran the job (recorded on the job: results depend on these)."""
+    import torch
+
+    import dyart
+
+    return {
+        "dyart": dyart.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": str(torch.version.cuda),
+    }
+
+
+class LeaseKeeper(threading.Thread):
+    """Calls ``renew()`` every ``interval`` seconds; sets ``lost`` once it returns False."""
+
+    def __init__(self, renew: Callable[[], bool], interval: float):
+        super().__init__(name="lease-keeper", daemon=True)
+        self.renew, self.interval = renew, interval
+        self.lost, self._done = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                if not self.renew():
+                    log.warning("lease lost: another worker owns this task now")
+                    self.lost.set()
+                    return
+            except Exception:  # a database blip: the lease has slack, try again
+                log.exception("heartbeat failed; retrying in %ss", self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=self.interval + 5)
+
+
+def _renewer(factory: sessionmaker[Session], renew: Callable[..., bool], *args: Any) -> Callable:
+    def call() -> bool:
+        with factory() as session:
+            return renew(session, *args)
+
+    return call
+
+
+def run_job(job_id: str) -> dict[str, Any]:
+    """Claim the job's lease and train it; a duplicate delivery returns ``skipped``."""
+    settings, factory, me = get_settings(), session_factory(), new_worker_id()
+    if SHUTDOWN.is_set():  # a message fetched during a warm shutdown: leave it to others
+        from worker.app import app
+
+        app.send_task("worker.run_job", args=[job_id])
+        return {"skipped": "this worker is shutting down; task sent again", "job_id": job_id}
+    with factory() as session:
+        if not jobs.claim_job(session, job_id, me, settings.lease_seconds):
+            return _skipped(session, job_id)
+        job = session.get(Job, job_id)
+        config, attempts = dict(job.config), job.attempts
+        job.versions = software_versions()
+        jobs.add_log(session, job_id, f"attempt {attempts} started on worker {me}")
+        session.commit()
+    renew = _renewer(factory, jobs.renew_lease, job_id, me, settings.lease_seconds)
+    keeper = LeaseKeeper(renew, settings.heartbeat_seconds)
+    keeper.start()
+    try:
+        return _train(job_id, config, settings, factory, keeper, me)
+    finally:
+        keeper.stop()
+
+
+def _skipped(session: Session, job_id: str) -> dict[str, Any]:
+    job = session.get(Job, job_id)
+    if job is None:
+        return {"skipped": f"job {job_id} does not exist", "job_id": job_id}
+    if job.status == "running":
+        reason = f"job is running on {job.lease_owner} (lease held)"
+        jobs.add_log(session, job_id, f"duplicate delivery ignored: {reason}", "DEBUG")
+        session.commit()
+    else:
+        reason = f"job is {job.status}"
+    log.info("skipped job %s: %s", job_id, reason)
+    return {"skipped": reason, "job_id": job_id}
+
+
+def _train(
+    job_id: str,
+    config_dict: dict[str, Any],
+    settings: Settings,
+    factory: sessionmaker[Session],
+    keeper: LeaseKeeper,
+    me: str,
+) -> dict[str, Any]:
+    from dyart.errors import DyartError, StopRequested
+
+    store = ArtifactStore(settings.artifacts_dir)
+    callback = DbCallback(job_id, factory, store, keeper.lost, config_dict, shutdown=SHUTDOWN)
+    try:
+        trainer = _make_trainer(job_id, config_dict, settings, factory, store, callback)
+        trainer.run()
+    except LeaseLostError:
+        log.warning("job %s: lease lost; leaving it to its new worker", job_id)
+        return {"job_id": job_id, "status": "lease_lost"}
+    except StopRequested as exc:
+        if callback.handing_over:
+            return _hand_over(factory, job_id, me)
+        return _end(factory, job_id, me, "canceled", f"canceled: {exc}")
+    except DyartError as exc:
+        return _end(factory, job_id, me, "failed", str(exc))
+    except Exception as exc:
+        error = f"internal error: {type(exc).__name__}: {exc}"
+        return _end(factory, job_id, me, "failed", error, traceback.format_exc())
+    return _end(factory, job_id, me, "succeeded", "succeeded")
+
+
+def _make_trainer(
+    job_id: str,
+    config_dict: dict[str, Any],
+    settings: Settings,
+    factory: sessionmaker[Session],
+    store: ArtifactStore,
+    callback: DbCallback,
+) -> Any:
+    from dyart.config import TrainConfig
+    from dyart.train import Trainer
+
+    config = TrainConfig.from_dict(config_dict, settings.data_dir)
+    out_dir = store.job_dir(job_id)
+    state = out_dir / "state" / "latest.pt"
+    init_from = None
+    with factory() as session:
+        if state.is_file():
+            jobs.add_log(session, job_id, f"resuming from the checkpoint {store.relative(state)}")
+        else:
+            init_from = _reuse_burn_in(session, job_id, config, store)
+        session.commit()
+    return Trainer(
+        config,
+        out_dir,
+        device=settings.device,
+        data_dir=settings.data_dir,
+        callbacks=[callback],
+        init_from=init_from,
+    )
+
+
+def _reuse_burn_in(session: Session, job_id: str, config: Any, store: ArtifactStore) -> Any:
+    """The burn_in.pt of an earlier job with an equal burn-in config, recorded on the job."""
+    found = find_reusable_burn_in(session, job_id, config.burn_in_key(), store.resolve)
+    if found is None:
+        return None
+    source_id, path = found
+    session.get(Job, job_id).burn_in_source_job_id = source_id
+    jobs.add_log(session, job_id, f"reusing the burn-in of job {source_id} (equal burn-in config)")
+    return path
+
+
+def _end(
+    factory: sessionmaker[Session],
+    job_id: str,
+    me: str,
+    status: str,
+    message: str,
+    details: str | None = None,
+) -> dict[str, Any]:
+    with factory() as session:
+        if status == "succeeded":
+            changed = jobs.mark_succeeded(session, job_id, me, commit=False)
+        elif status == "canceled":
+            changed = jobs.mark_canceled(session, job_id, me, commit=False)
+        else:
+            changed = jobs.mark_failed(session, job_id, message, me, commit=False)
+        if changed:
+            close_job_evaluations(session, job_id, status, message)
+            jobs.add_log(session, job_id, message, "INFO" if status != "failed" else "ERROR")
+            if details:
+                jobs.add_log(session, job_id, details, "ERROR")
+        session.commit()
+    log.info("job %s %s", job_id, status if changed else f"{status} (lease already lost)")
+    return {"job_id": job_id, "status": status if changed else "lease_lost"}
+
+
+def run_evaluation(evaluation_id: str) -> dict[str, Any]:
+    """AutoAttack on an existing checkpoint (POST .../evaluations), under its own lease."""
+    settings, factory, me = get_settings(), session_factory(), new_worker_id()
+    with factory() as session:
+        claimed = evaluations.claim_evaluation(
+            session, evaluation_id, me, settings.lease_seconds, settings.max_attempts
+        )
+        if not claimed:
+            evaluation = session.get(Evaluation, evaluation_id)
+            status = evaluation.status if evaluation is not None else "missing"
+            return {"skipped": f"evaluation is {status}", "evaluation_id": evaluation_id}
+        spec = _evaluation_spec(session, evaluation_id, ArtifactStore(settings.artifacts_dir))
+    renew = _renewer(
+        factory, evaluations.renew_evaluation_lease, evaluation_id, me, settings.lease_seconds
+    )
+    keeper = LeaseKeeper(renew, settings.heartbeat_seconds)
+    keeper.start()
+    try:
+        values = {"status": "succeeded", **_autoattack(spec, settings)}
+    except Exception as exc:
+        values = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        log.exception("evaluation %s failed", evaluation_id)
+    finally:
+        keeper.stop()
+    with factory() as session:
+        evaluations.finish_evaluation(session, evaluation_id, me, **values)
+    return {"evaluation_id": evaluation_id, "status": values["status"]}
+
+
+def _evaluation_spec(session: Session, evaluation_id: str, store: ArtifactStore) -> dict:
+    evaluation = session.get(Evaluation, evaluation_id)
+    job = session.get(Job, evaluation.job_id)
+    checkpoint = session.get(Checkpoint, evaluation.checkpoint_id)
+    return {
+        "config": dict(job.config),
+        "weights": store.resolve(checkpoint.path) if checkpoint is not None else None,
+        "state_dir": store.job_dir(job.id) / "state" / "evaluations" / evaluation_id,
+        "eps": list(evaluation.eps),
+        "preset": evaluation.preset,
+        "n": evaluation.n,
+        "norm": evaluation.norm,
+    }
+
+
+def _autoattack(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Load the checkpoint and the test set, run AutoAttack; the row's new values."""
+    from dyart.checkpoint import load_model
+    from dyart.config import TrainConfig
+    from dyart.data import load_dataset
+    from dyart.errors import CheckpointError
+    from dyart.evaluate import autoattack_eval
+    from dyart.train import resolve_device
+
+    if spec["weights"] is None:
+        raise CheckpointError("checkpoint: the evaluation's checkpoint no longer exists")
+    config = TrainConfig.from_dict(spec["config"], settings.data_dir)
+    device = resolve_device(settings.device)
+    data = load_dataset(
+        config.dataset, settings.data_dir, val_size=config.val_size, seed=config.seed, device=device
+    )
+    n = min(spec["n"], len(data.test_x))
+    model = load_model(spec["weights"], device=device)
+    result = autoattack_eval(
+        model, data.test_x[:n].to(device).float() / 255, data.test_y[:n].to(device),
+        eps_list=spec["eps"], preset=spec["preset"], norm=spec["norm"],
+        state_dir=spec["state_dir"], seed=config.seed,
+    )  # fmt: skip
+    full = n == len(data.test_x)
+    return {
+        "results": result["results"],
+        "n": n,
+        "leaderboard_grade": spec["preset"] == "standard" and full,
+    }
+
+
+def _hand_over(factory: sessionmaker[Session], job_id: str, me: str) -> dict[str, Any]:
+    """This worker is shutting down: queue the saved job again for another worker."""
+    with factory() as session:
+        if jobs.release_job(session, job_id, me):
+            jobs.add_log(session, job_id, "worker shutting down: state saved, job queued again")
+            session.commit()
+            from worker.app import app
+
+            app.send_task("worker.run_job", args=[job_id])
+    return {"job_id": job_id, "status": "handed_over"}
