@@ -1,0 +1,80 @@
+"""Bearer-token authentication (tokens are stored hashed, see db.tokens).
+
+With ``auth = "auto"`` a token is required unless the server listens on a
+loopback address; ``"required"`` always asks for one, ``"off"`` never does
+(and is refused off loopback by the settings). Without auth, a request that
+carries no token acts as the built-in admin user ``local``; a token that is
+sent is still checked, so a bad one is a 401 in every mode.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import AuthMissingError
+from db import tokens
+from db.models import User
+
+LOCAL_USER = "local"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_required(settings: object) -> bool:
+    """Resolve the ``auth`` setting: "auto" means required unless bound to loopback."""
+    mode = str(getattr(settings, "auth", "auto")).lower()
+    if mode in ("off", "false", "none", "disabled"):
+        return False
+    if mode == "auto":
+        return not is_loopback(str(getattr(settings, "host", "127.0.0.1")))
+    return True
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; 401 if malformed."""
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise AuthMissingError("malformed Authorization header: expected 'Bearer <token>'")
+    return token
+
+
+def local_user(session: Session) -> User:
+    """The built-in admin of the no-auth embedded mode, made on first use."""
+    user = session.scalars(select(User).where(User.name == LOCAL_USER)).first()
+    if user is None:
+        try:
+            user = User(name=LOCAL_USER, is_admin=True)
+            session.add(user)
+            session.commit()
+        except IntegrityError:  # another request made it first
+            session.rollback()
+            user = session.scalars(select(User).where(User.name == LOCAL_USER)).one()
+    return user
+
+
+def authenticate(session: Session, header: str | None, required: bool) -> User:
+    """The user a request acts as, or AuthMissingError (401) saying what was wrong."""
+    token = bearer_token(header)
+    if token is None:
+        if required:
+            raise AuthMissingError("missing bearer token: send 'Authorization: Bearer <token>'")
+        return local_user(session)
+    user = tokens.user_for_token(session, token)
+    if user is None:
+        raise AuthMissingError("invalid or revoked token")
+    return user

@@ -1,0 +1,195 @@
+"""``dyart-service``: serve the API (with one worker), migrate, and administer users.
+
+    dyart-service serve [--host H] [--port P] [--no-worker]
+    dyart-service migrate
+    dyart-service admin create-user NAME [--admin]
+    dyart-service admin create-token NAME        (prints the token once)
+    dyart-service admin revoke-token PREFIX
+    dyart-service admin list-users
+
+Settings come from DYART_* environment variables (db.settings.Settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from db.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CliError(Exception):
+    """A command that cannot do what was asked; the message says why."""
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the database schema to the newest Alembic revision."""
+    from db.session import upgrade_database
+
+    Path(settings.home).mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.database_url)
+
+
+def start_worker(settings: Settings) -> subprocess.Popen:
+    """One real Celery worker process beside the API (the embedded mode)."""
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
+    command += ["--loglevel", "INFO", "--concurrency", "1", "--pool", "solo"]
+    command += ["--without-gossip", "--without-mingle", "--hostname", "embedded@%h"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def stop_worker(worker: subprocess.Popen, grace: float = 20.0) -> None:
+    """Ask the worker to stop (warm shutdown), then kill it if it lingers."""
+    if worker.poll() is not None:
+        return
+    worker.terminate()
+    try:
+        worker.wait(grace)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def serve(settings: Settings, with_worker: bool) -> None:
+    """Migrate, start the worker, run uvicorn; stop the worker when uvicorn ends."""
+    import uvicorn
+
+    from api.auth import auth_required
+    from api.main import create_app
+
+    migrate(settings)
+    app = create_app(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    auth = "ON (bearer tokens)" if auth_required(settings) else "OFF (loopback only)"
+    print(f"DyART service on {url}  (API docs {url}/docs)  auth: {auth}", flush=True)
+    worker = start_worker(settings) if with_worker else None
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+
+
+def _session(settings: Settings) -> Any:
+    from db.session import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(settings))()
+
+
+def _user(session: Any, name: str) -> Any:
+    from db.models import User
+
+    user = session.scalars(select(User).where(User.name == name)).first()
+    if user is None:
+        raise CliError(
+            f"no user named {name!r}; create it with: dyart-service admin create-user {name}"
+        )
+    return user
+
+
+def create_user(settings: Settings, name: str, is_admin: bool) -> None:
+    from db import tokens
+    from db.models import User
+
+    with _session(settings) as session:
+        if session.scalars(select(User).where(User.name == name)).first() is not None:
+            raise CliError(f"user {name!r} already exists")
+        tokens.create_user(session, name, is_admin=is_admin)
+        session.commit()
+    print(f"created user {name}{' (admin)' if is_admin else ''}")
+
+
+def create_token(settings: Settings, name: str) -> None:
+    from db import tokens
+
+    with _session(settings) as session:
+        token = tokens.create_token(session, _user(session, name))
+        session.commit()
+    print(token)
+
+
+def revoke_token(settings: Settings, prefix: str) -> None:
+    from db import tokens
+
+    with _session(settings) as session:
+        try:
+            count = tokens.revoke_token(session, prefix)
+        except tokens.TokenPrefixError as exc:
+            raise CliError(str(exc)) from exc
+        session.commit()
+    if not count:
+        raise CliError(f"no active token starts with {prefix!r}")
+    print(f"revoked {count} token(s) starting with {prefix}")
+
+
+def list_users(settings: Settings) -> None:
+    from db.models import User
+
+    with _session(settings) as session:
+        for user in session.scalars(select(User).order_by(User.name)):
+            print(f"{user.name}\t{'admin' if user.is_admin else 'user'}\t{user.id}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dyart-service", description=__doc__.split("\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    serve_p = verbs.add_parser("serve", help="migrate, start one worker and the API")
+    serve_p.add_argument("--host", help="listen address (default DYART_HOST)")
+    serve_p.add_argument("--port", type=int, help="port (default DYART_PORT)")
+    serve_p.add_argument("--no-worker", action="store_true", help="run the API only")
+    verbs.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    admin = verbs.add_parser("admin", help="users and tokens").add_subparsers(
+        dest="action", required=True
+    )
+    user_p = admin.add_parser("create-user", help="add a user")
+    user_p.add_argument("name")
+    user_p.add_argument("--admin", action="store_true", help="may see every job")
+    admin.add_parser("create-token", help="print a new token for a user (once)").add_argument(
+        "name"
+    )
+    admin.add_parser("revoke-token", help="revoke tokens by prefix").add_argument("prefix")
+    admin.add_parser("list-users", help="list users")
+    return parser
+
+
+def run(args: argparse.Namespace, settings: Settings) -> None:
+    if args.verb == "serve":
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        serve(settings.model_copy(update=overrides), with_worker=not args.no_worker)
+    elif args.verb == "migrate":
+        migrate(settings)
+        print("database schema is up to date")
+    elif args.action == "create-user":
+        create_user(settings, args.name, args.admin)
+    elif args.action == "create-token":
+        create_token(settings, args.name)
+    elif args.action == "revoke-token":
+        revoke_token(settings, args.prefix)
+    else:
+        list_users(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, get_settings())
+    except CliError as exc:
+        print(f"dyart-service: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Dependencies: the DB session, the current user, and a job the user may see.
+
+Ownership is checked in one place (:func:`owned_job`): another user's job is
+answered exactly like a job that does not exist, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from db.models import Checkpoint, Job, User
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.auth import authenticate
+from api.errors import ResourceNotFoundError
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session per request from the app's factory; rolled back if not committed."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def current_user(request: Request, session: SessionDep) -> User:
+    """The authenticated user (401 otherwise; see api.auth)."""
+    header = request.headers.get("authorization")
+    return authenticate(session, header, request.app.state.auth_required)
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def visible(user: User, owner_id: object) -> bool:
+    return bool(user.is_admin) or owner_id == user.id
+
+
+def owned_job(job_id: str, session: SessionDep, user: CurrentUser) -> Job:
+    """The job ``job_id`` if it exists and the user may see it; 404 otherwise."""
+    job = session.get(Job, job_id)
+    if job is None or not visible(user, job.owner_id):
+        raise ResourceNotFoundError("job", job_id)
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(owned_job)]
+
+
+def owned_checkpoint(checkpoint_id: str, session: SessionDep, user: CurrentUser) -> Checkpoint:
+    """The checkpoint if its job is the user's (or the user is an admin); 404 otherwise."""
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    job = session.get(Job, checkpoint.job_id) if checkpoint is not None else None
+    if job is None or not visible(user, job.owner_id):
+        raise ResourceNotFoundError("checkpoint", checkpoint_id)
+    return checkpoint
+
+
+OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]

@@ -1,0 +1,178 @@
+"""One error hierarchy for the API, mapped to HTTP statuses in one place.
+
+Routes raise the domain errors below; :func:`install_error_handlers` turns each
+base class into a status code and a message the caller can act on. Anything
+else that escapes a route is a bug: it is logged with its traceback under a
+short id, and the client gets the id only, never the stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.jobs import JobStateError
+from dyart.errors import ConfigErrors
+
+log = logging.getLogger("api")
+
+
+class ApiError(Exception):
+    """Base of the errors routes raise on purpose; ``status`` is its HTTP code."""
+
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def detail(self) -> Any:
+        return self.message
+
+
+class AuthMissingError(ApiError):
+    """No usable bearer token on a request that needs one."""
+
+    status = 401
+
+
+class ResourceNotFoundError(ApiError):
+    """Unknown id, or an id owned by another user (the two look the same)."""
+
+    status = 404
+
+    def __init__(self, kind: str, ident: object):
+        super().__init__(f"{kind} {ident} not found")
+
+
+class StateConflictError(ApiError):
+    """The action does not fit the resource's current state (cancel a finished job)."""
+
+    status = 409
+
+
+class RangeNotSatisfiableError(ApiError):
+    """A Range header that asks for bytes outside the file."""
+
+    status = 416
+
+    def __init__(self, message: str, size: int):
+        super().__init__(message)
+        self.size = size
+
+
+class PayloadTooLargeError(ApiError):
+    """A request body over the configured limit."""
+
+    status = 413
+
+
+class FieldsInvalidError(ApiError):
+    """One or more request fields are invalid; ``errors`` is [(field, message)]."""
+
+    status = 422
+
+    def __init__(self, errors: list[tuple[str, str]]):
+        super().__init__("; ".join(message for _, message in errors))
+        self.errors = list(errors)
+
+    def detail(self) -> Any:
+        return [{"field": f, "message": m} for f, m in self.errors]
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def validation_fields(exc: RequestValidationError) -> list[tuple[str, str]]:
+    """Pydantic's errors as (field, "field: message") pairs, like the catalog's."""
+    out = []
+    for err in exc.errors():
+        field = _field_name(tuple(err.get("loc", ())))
+        message = str(err.get("msg", "invalid value"))
+        if err.get("type") == "json_invalid":
+            field = "body"
+            message = f"request body is not valid JSON ({err.get('ctx', {}).get('error', '')})"
+        out.append((field, f"{field}: {message[0].lower()}{message[1:]}"))
+    return out
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, AuthMissingError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RangeNotSatisfiableError):
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    return JSONResponse({"detail": exc.detail()}, status_code=exc.status, headers=headers)
+
+
+async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return await _api_error(request, FieldsInvalidError(validation_fields(exc)))
+
+
+async def _config_invalid(request: Request, exc: ConfigErrors) -> JSONResponse:
+    return await _api_error(request, FieldsInvalidError(exc.errors))
+
+
+async def _state_conflict(request: Request, exc: JobStateError) -> JSONResponse:
+    return await _api_error(request, StateConflictError(str(exc)))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        detail = f"no route {request.method} {request.url.path}; see /docs"
+    else:
+        detail = exc.detail
+    return JSONResponse(
+        {"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+class InternalErrorMiddleware:
+    """Turn an unexpected exception into a logged 500 that shows only an id.
+
+    Starlette's own catch-all handler re-raises after answering, which logs the
+    stack a second time; this one answers and stops there. A response that has
+    already started (a stream) cannot be replaced, so it is only logged.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            ident = uuid.uuid4().hex[:12]
+            path = scope.get("path", "")
+            log.error("internal error %s on %s %s", ident, scope.get("method"), path, exc_info=exc)
+            if not started:
+                body = {"detail": "internal error", "id": ident}
+                await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every domain error base to its status; unknown errors to a logged 500."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(ConfigErrors, _config_invalid)
+    app.add_exception_handler(JobStateError, _state_conflict)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(InternalErrorMiddleware)

@@ -1,0 +1,156 @@
+"""A job's live events as Server-Sent Events, polled from the database.
+
+The database is the source of truth, so the stream is a loop that reads what
+changed since the last look (about twice a second) and emits it:
+
+* ``job``        the JobPublic, whenever its row changes,
+* ``metric``     each new per-epoch metrics row,
+* ``log``        each new log line,
+* ``evaluation`` an evaluation, whenever it changes,
+* ``end``        once the job is final and no evaluation of it is pending.
+
+Event ids are ``<last metric id>-<last log id>``: a client that reconnects with
+``Last-Event-ID`` (or ``?since=``) gets only the rows it has not seen, plus the
+current job and evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from db.models import Job, JobLog, JobMetric
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+FINAL = ("succeeded", "failed", "canceled")
+PENDING_EVALUATION = ("queued", "running")
+KEEPALIVE_SECONDS = 15.0
+# Fields that change on every read of a running job; not a reason to emit ``job``.
+_VOLATILE = ("elapsed_seconds", "eta_seconds")
+
+
+@dataclass
+class Cursor:
+    """The last metric and log row ids a client has seen."""
+
+    metric: int = 0
+    log: int = 0
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor:
+        """Read ``"<metric>-<log>"``; anything unreadable starts from the beginning."""
+        try:
+            metric, log = (int(part) for part in (text or "").split("-"))
+        except ValueError:
+            return cls()
+        return cls(max(metric, 0), max(log, 0))
+
+    def __str__(self) -> str:
+        return f"{self.metric}-{self.log}"
+
+
+@dataclass
+class Snapshot:
+    """What one poll found: the job, and rows newer than the cursor."""
+
+    job: dict[str, Any] | None
+    metrics: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    logs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        if self.job is None:
+            return True
+        pending = any(e["status"] in PENDING_EVALUATION for e in self.evaluations)
+        return self.job["status"] in FINAL and not pending
+
+
+def take_snapshot(session_factory: Any, job_id: str, cursor: Cursor) -> Snapshot:
+    """Read the job and everything newer than ``cursor`` in one short session."""
+    from api.routes.evaluations import job_evaluations
+    from api.routes.jobs import job_public, log_line, metric_public
+
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Snapshot(job=None)
+        metrics = session.scalars(
+            select(JobMetric)
+            .where(JobMetric.job_id == job_id, JobMetric.id > cursor.metric)
+            .order_by(JobMetric.id)
+        )
+        logs = session.scalars(
+            select(JobLog)
+            .where(JobLog.job_id == job_id, JobLog.id > cursor.log)
+            .order_by(JobLog.id)
+            .limit(1000)
+        )
+        return Snapshot(
+            job=job_public(session, job).model_dump(mode="json"),
+            metrics=[(m.id, metric_public(m).model_dump(mode="json")) for m in metrics],
+            logs=[(r.id, log_line(r).model_dump(mode="json")) for r in logs],
+            evaluations=[e.model_dump(mode="json") for e in job_evaluations(session, job)],
+        )
+
+
+def sse(event: str, data: Any, ident: Cursor | None = None) -> str:
+    """One SSE message (``data`` as one line of JSON)."""
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class JobEventStream:
+    """The state of one client's stream: what it has already been sent."""
+
+    def __init__(self, session_factory: Any, job_id: str, cursor: Cursor):
+        self.session_factory, self.job_id, self.cursor = session_factory, job_id, cursor
+        self.last_job: dict[str, Any] | None = None
+        self.last_evaluations: dict[str, dict[str, Any]] = {}
+
+    def changes(self, snap: Snapshot) -> list[str]:
+        """The messages ``snap`` holds that this client has not seen."""
+        out = []
+        for ident, row in snap.metrics:
+            self.cursor.metric = ident
+            out.append(sse("metric", row, self.cursor))
+        for ident, line in snap.logs:
+            self.cursor.log = ident
+            out.append(sse("log", line, self.cursor))
+        for evaluation in snap.evaluations:
+            if self.last_evaluations.get(evaluation["id"]) != evaluation:
+                self.last_evaluations[evaluation["id"]] = evaluation
+                out.append(sse("evaluation", evaluation, self.cursor))
+        if snap.job is not None:
+            stable = {k: v for k, v in snap.job.items() if k not in _VOLATILE}
+            if stable != self.last_job:
+                self.last_job = stable
+                out.append(sse("job", snap.job, self.cursor))
+        return out
+
+    async def messages(
+        self, is_disconnected: Callable[[], Awaitable[bool]], poll_seconds: float
+    ) -> AsyncIterator[str]:
+        """Poll until the job is final (then ``end``) or the client goes away."""
+        yield "retry: 2000\n\n"
+        quiet_since = time.monotonic()
+        while not await is_disconnected():
+            snap = await run_in_threadpool(
+                take_snapshot, self.session_factory, self.job_id, self.cursor
+            )
+            for message in self.changes(snap):
+                quiet_since = time.monotonic()
+                yield message
+            if snap.finished:
+                status = snap.job["status"] if snap.job else "deleted"
+                yield sse("end", {"status": status}, self.cursor)
+                return
+            if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"
+            await anyio.sleep(poll_seconds)

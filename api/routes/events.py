@@ -1,0 +1,34 @@
+"""A job's live progress as Server-Sent Events (see api.events for the protocol)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import OwnedJob
+from api.events import Cursor, JobEventStream
+from api.routes import API_PREFIX
+
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    job: OwnedJob,
+    request: Request,
+    since: str | None = Query(None, description="resume after this event id"),
+    last_event_id: str | None = Header(None),
+) -> StreamingResponse:
+    """Live events: job, metric, log, evaluation, then end when the job is final."""
+    cursor = Cursor.parse(last_event_id or since)
+    stream = JobEventStream(request.app.state.session_factory, job.id, cursor)
+    poll = getattr(request.app.state, "events_poll_seconds", 0.5)
+    return StreamingResponse(
+        stream.messages(request.is_disconnected, poll),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

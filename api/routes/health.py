@@ -1,0 +1,43 @@
+"""Liveness and readiness: is the database answering, is the broker reachable."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api import __version__
+from api.celery_client import broker_reachable
+from api.routes import API_PREFIX
+from api.schemas import HealthPublic
+
+router = APIRouter(prefix=API_PREFIX, tags=["health"])
+
+
+def _database_ok(request: Request) -> bool:
+    try:
+        with request.app.state.session_factory() as session:
+            session.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def _health(request: Request) -> HealthPublic:
+    database = "ok" if _database_ok(request) else "unreachable"
+    broker = "ok" if broker_reachable(request.app.state.celery) else "unreachable"
+    status = "ok" if database == "ok" else "degraded"
+    return HealthPublic(status=status, database=database, broker=broker, version=__version__)
+
+
+@router.get("/health", response_model=HealthPublic)
+def health(request: Request) -> HealthPublic:
+    """Liveness: always 200 while the process answers; says what is unreachable."""
+    return _health(request)
+
+
+@router.get("/health/ready", response_model=HealthPublic, responses={503: {"model": HealthPublic}})
+def ready(request: Request) -> JSONResponse:
+    """Readiness: 503 while the database is unreachable (jobs cannot be accepted)."""
+    body = _health(request)
+    return JSONResponse(body.model_dump(), status_code=200 if body.database == "ok" else 503)

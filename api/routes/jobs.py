@@ -1,0 +1,241 @@
+"""Jobs: create, list, get, cancel, resume; a job's metrics and log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from api.celery_client import RUN_JOB, send_task
+from api.deps import CurrentUser, OwnedJob, SessionDep
+from api.errors import StateConflictError
+from api.routes import API_PREFIX
+from api.schemas import (
+    BestPublic,
+    JobCreate,
+    JobPublic,
+    JobsPage,
+    LogLine,
+    LogPage,
+    MetricPublic,
+    MetricsPage,
+    validate_job_create,
+)
+from db import jobs as job_states
+from db.models import Job, JobLog, JobMetric, User
+
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+FINAL = ("succeeded", "failed", "canceled")
+METRIC_FIELDS = tuple(MetricPublic.model_fields)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; every time we store is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def metric_public(row: JobMetric) -> MetricPublic:
+    return MetricPublic(**{k: getattr(row, k, None) for k in METRIC_FIELDS})
+
+
+def log_line(row: JobLog) -> LogLine:
+    return LogLine(ts=row.ts, level=row.level, message=row.message)
+
+
+def _progress(job: Job, total: int, latest: JobMetric | None) -> float:
+    """Completed burn-in + training epochs over their total (metric rows are per epoch)."""
+    if job.status == "succeeded" or job.stage == "evaluate":
+        return 1.0
+    if latest is None or not total:
+        return 0.0
+    done = latest.epoch
+    if latest.stage == "train":
+        done += int((job.config or {}).get("burn_in_epochs") or 0)
+    elif latest.stage != "burn_in":
+        return 0.0
+    return max(0.0, min(1.0, done / total))
+
+
+def _timing(job: Job, progress: float) -> tuple[float | None, float | None]:
+    started, finished = _aware(job.started_at), _aware(job.finished_at)
+    if started is None:
+        return None, None
+    elapsed = ((finished or datetime.now(UTC)) - started).total_seconds()
+    if job.status != "running" or progress <= 0:
+        return elapsed, None
+    return elapsed, elapsed * (1 - progress) / progress
+
+
+def _latest_metrics(session: Session, ids: list[str]) -> dict[str, JobMetric]:
+    newest = select(func.max(JobMetric.id)).where(JobMetric.job_id.in_(ids))
+    rows = session.scalars(
+        select(JobMetric).where(JobMetric.id.in_(newest.group_by(JobMetric.job_id)))
+    )
+    return {row.job_id: row for row in rows}
+
+
+def _best(session: Session, ids: list[str]) -> dict[str, BestPublic]:
+    """Each job's training epoch with the highest validation PGD accuracy."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=JobMetric.job_id,
+            order_by=(JobMetric.val_pgd_acc.desc(), JobMetric.epoch.desc()),
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(JobMetric.job_id, JobMetric.val_pgd_acc, JobMetric.epoch, rank)
+        .where(
+            JobMetric.job_id.in_(ids),
+            JobMetric.stage == "train",
+            JobMetric.val_pgd_acc.is_not(None),
+        )
+        .subquery()
+    )
+    rows = session.execute(select(ranked).where(ranked.c.rank == 1))
+    return {r.job_id: BestPublic(val_pgd_acc=r.val_pgd_acc, epoch=r.epoch) for r in rows}
+
+
+def jobs_public(session: Session, jobs: list[Job]) -> list[JobPublic]:
+    """Public views of ``jobs`` in three queries, whatever their number."""
+    ids = [job.id for job in jobs]
+    query = select(User.id, User.name).where(User.id.in_({j.owner_id for j in jobs}))
+    owners = dict(session.execute(query).all())
+    latest, best = _latest_metrics(session, ids), _best(session, ids)
+    return [_job_public(job, owners.get(job.owner_id, ""), latest, best) for job in jobs]
+
+
+def job_public(session: Session, job: Job) -> JobPublic:
+    """The public view of ``job``: its row plus latest metrics, best epoch and timing."""
+    return jobs_public(session, [job])[0]
+
+
+def _job_public(
+    job: Job, owner: str, latest: dict[str, JobMetric], best: dict[str, BestPublic]
+) -> JobPublic:
+    config = job.config or {}
+    total = job.total_epochs or int(config.get("burn_in_epochs") or 0) + int(
+        config.get("epochs") or 0
+    )
+    metrics = latest.get(job.id)
+    progress = _progress(job, total, metrics)
+    elapsed, eta = _timing(job, progress)
+    return JobPublic(
+        id=job.id,
+        name=job.name,
+        owner=owner,
+        status=job.status,
+        stage=job.stage,
+        epoch=job.epoch,
+        step=job.step,
+        total_epochs=total,
+        progress=progress,
+        attempts=job.attempts or 0,
+        error=job.error,
+        config=config,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+        elapsed_seconds=elapsed,
+        eta_seconds=eta,
+        cancel_requested=bool(job.cancel_requested),
+        burn_in_source_job_id=job.burn_in_source_job_id,
+        latest_metrics=metric_public(metrics).model_dump(mode="json") if metrics else {},
+        best=best.get(job.id),
+    )
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(body: JobCreate, request: Request, session: SessionDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
+    """Submit a training job; every field is checked against the catalog first."""
+    config = validate_job_create(body, request.app.state.settings.data_dir)  # 422 if bad
+    settings = request.app.state.settings
+    job = job_states.create_job(
+        session, user, config, name=body.name, max_attempts=settings.max_attempts
+    )
+    session.commit()  # the row exists before any worker can hear of it
+    send_task(request.app.state.celery, RUN_JOB, job.id)
+    return job_public(session, job)
+
+
+@router.get("/jobs", response_model=JobsPage)
+def list_jobs(
+    session: SessionDep,
+    user: CurrentUser,
+    status_: str | None = Query(None, alias="status", description="queued, running, ..."),
+    method: str | None = None,
+    dataset: str | None = None,
+    q: str | None = Query(None, max_length=200, description="substring of the name or id"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+) -> Response:
+    """Your jobs (an admin's: everyone's), newest first, filtered and paged."""
+    query = select(Job)
+    if not user.is_admin:
+        query = query.where(Job.owner_id == user.id)
+    for column, value in ((Job.status, status_), (Job.method, method), (Job.dataset, dataset)):
+        if value:
+            query = query.where(column == value)
+    if q:
+        query = query.where(or_(Job.name.contains(q, autoescape=True), Job.id.startswith(q)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    )
+    page = JobsPage(items=jobs_public(session, list(rows)), total=total, limit=limit, offset=offset)
+    # Already validated: answer its JSON directly instead of validating the page twice.
+    return Response(page.model_dump_json(), media_type="application/json")
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+def get_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    """One job with its progress, latest metrics and best epoch."""
+    return job_public(session, job)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobPublic)
+def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
+    """Cancel: a queued job ends at once, a running one stops at its next step."""
+    if job.status in FINAL:
+        raise StateConflictError(f"job {job.id} is already {job.status}; nothing to cancel")
+    job_states.request_cancel(session, job)
+    session.commit()
+    return job_public(session, job)
+
+
+@router.post("/jobs/{job_id}/resume", status_code=202, response_model=JobPublic)
+def resume_job(job: OwnedJob, session: SessionDep, request: Request) -> JobPublic:
+    """Resume a canceled or failed job from its latest checkpoint."""
+    if job.status not in ("canceled", "failed"):
+        raise StateConflictError(
+            f"job {job.id} is {job.status}; only a canceled or failed job can be resumed"
+        )
+    job_states.resume_job(session, job)
+    session.commit()
+    send_task(request.app.state.celery, RUN_JOB, job.id)
+    return job_public(session, job)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=MetricsPage)
+def job_metrics(job: OwnedJob, session: SessionDep) -> MetricsPage:
+    """Every epoch's metrics row, in order."""
+    rows = session.scalars(
+        select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)
+    )
+    return MetricsPage(items=[metric_public(r) for r in rows])
+
+
+@router.get("/jobs/{job_id}/log", response_model=LogPage)
+def job_log(job: OwnedJob, session: SessionDep, tail: int = Query(200, ge=1, le=5000)) -> LogPage:
+    """The last ``tail`` log lines of the job, oldest first."""
+    rows = session.scalars(
+        select(JobLog).where(JobLog.job_id == job.id).order_by(JobLog.id.desc()).limit(tail)
+    ).all()
+    return LogPage(lines=[log_line(r) for r in reversed(rows)])

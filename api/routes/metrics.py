@@ -1,0 +1,104 @@
+"""Prometheus metrics at /metrics: requests by route, and jobs by status.
+
+Each app has its own registry (tests build many apps in one process). The
+jobs gauge is read from the database when Prometheus scrapes, so it is never
+stale and costs one grouped COUNT per scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from db.models import Job
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+router = APIRouter(tags=["metrics"])
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+
+
+class JobsByStatusCollector:
+    """``dyart_jobs{status=...}``, counted in the database on every scrape."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("dyart_jobs", "Jobs by status", labels=["status"])
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        try:
+            with self.app.state.session_factory() as session:
+                rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+                counts.update({str(status): n for status, n in rows})
+        except Exception:  # a scrape must not fail because the DB blinked
+            return
+        for status, n in counts.items():
+            gauge.add_metric([status], n)
+        yield gauge
+
+
+def make_registry(app: Any) -> CollectorRegistry:
+    """A fresh registry with the request metrics and the jobs collector."""
+    registry = CollectorRegistry()
+    app.state.request_count = Counter(
+        "dyart_http_requests",
+        "HTTP requests by route template, method and status",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    app.state.request_latency = Histogram(
+        "dyart_http_request_seconds",
+        "HTTP request latency by route template",
+        ["route", "method"],
+        registry=registry,
+    )
+    registry.register(JobsByStatusCollector(app))
+    return registry
+
+
+class RequestMetricsMiddleware:
+    """Count and time each request under its route template, not its raw path."""
+
+    def __init__(self, app: Any, registry: CollectorRegistry):
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def watch(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            state = scope["app"].state
+            state.request_count.labels(label, scope["method"], str(status)).inc()
+            state.request_latency.labels(label, scope["method"]).observe(
+                time.perf_counter() - start
+            )
+
+
+@router.get("/metrics", response_class=Response)
+def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,227 @@
+"""Request and response bodies of the HTTP API (``<Resource><Role>``).
+
+A job request is checked by ``dyart.catalog.validate_job`` (the same check the
+trainer's config runs), so the API and the library cannot disagree about a
+field's range; :func:`validate_job_create` turns its findings into one 422
+that lists every bad field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+from api.errors import FieldsInvalidError
+from dyart import catalog
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time the service stores is UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+_JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "choice": "string"}
+
+
+def _train_param_field(param: catalog.Param) -> tuple[Any, Any]:
+    """An optional, loosely typed field: the catalog, not pydantic, checks the value."""
+    schema: dict[str, Any] = {"type": _JSON_TYPES.get(param.type, "array")}
+    if param.type == "float_list":
+        schema["items"] = {"type": "number", "minimum": param.min, "maximum": param.max}
+    elif param.type == "choice":
+        schema["enum"] = list(param.choices)
+    elif param.type != "bool":
+        schema.update(minimum=param.min, maximum=param.max)
+    default = param.default if param.eps_scale is None else "dataset-dependent"
+    return (
+        Any,
+        Field(
+            default=None, description=f"{param.help} (default {default})", json_schema_extra=schema
+        ),
+    )
+
+
+class _JobCreateBase(BaseModel):
+    """A training job: dataset, architecture, method, its hyperparameters, run settings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(default=None, max_length=200, description="a label for people")
+    dataset: str = Field(description="a name from GET /api/v1/catalog (datasets)")
+    architecture: str = Field(description="a name from the catalog's architectures")
+    method: str = Field(description="clean, dyart, pgd_at, trades or mart")
+    hparams: dict[str, Any] = Field(
+        default_factory=dict, description="method hyperparameters; missing ones take defaults"
+    )
+
+
+JobCreate = create_model(
+    "JobCreate",
+    __base__=_JobCreateBase,
+    **{name: _train_param_field(p) for name, p in catalog.TRAIN_PARAMS.items()},
+)
+
+
+def validate_job_create(body: BaseModel, data_dir: str | Path | None) -> dict[str, Any]:
+    """The resolved TrainConfig dict for ``body``, or FieldsInvalidError (422)."""
+    spec = body.model_dump(exclude={"name"}, exclude_none=True)
+    spec.update({k: v for k, v in (body.model_extra or {}).items() if v is not None})
+    resolved, errors = catalog.validate_job(spec, data_dir)
+    for key, value in (body.model_extra or {}).items():
+        if value is None:
+            errors.append((key, f"unknown field {key!r}"))
+    if errors:
+        raise FieldsInvalidError(errors)
+    return resolved
+
+
+class BestPublic(BaseModel):
+    val_pgd_acc: float | None
+    epoch: int | None
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str
+    name: str | None
+    owner: str
+    status: str
+    stage: str | None
+    epoch: int | None
+    step: int | None
+    total_epochs: int
+    progress: float = Field(description="0..1 over burn-in and training epochs")
+    attempts: int
+    error: str | None
+    config: dict[str, Any]
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    heartbeat_at: UtcDatetime | None
+    elapsed_seconds: float | None
+    eta_seconds: float | None
+    cancel_requested: bool
+    burn_in_source_job_id: str | None
+    latest_metrics: dict[str, Any]
+    best: BestPublic | None
+
+
+class JobsPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricPublic(BaseModel):
+    """One epoch's row (the names are the trainer's metric keys)."""
+
+    stage: str
+    epoch: int
+    lr: float | None = None
+    train_loss: float | None = None
+    train_clean_acc: float | None = None
+    train_robust_acc: float | None = None
+    val_clean_acc: float | None = None
+    val_pgd_acc: float | None = None
+    margin_q10: float | None = None
+    margin_q50: float | None = None
+    margin_q90: float | None = None
+    frac_correct: float | None = None
+    frac_found: float | None = None
+    frac_kept: float | None = None
+    seconds: float | None = None
+    created_at: UtcDatetime | None = None
+
+
+class MetricsPage(BaseModel):
+    items: list[MetricPublic]
+
+
+class LogLine(BaseModel):
+    ts: UtcDatetime
+    level: str
+    message: str
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    job_id: str
+    kind: str
+    stage: str | None
+    epoch: int | None
+    size: int
+    sha256: str
+    created_at: UtcDatetime
+    files: dict[str, str] = Field(description="format -> download URL")
+
+
+class CheckpointsPage(BaseModel):
+    items: list[CheckpointPublic]
+
+
+class EvaluationCreate(BaseModel):
+    """Evaluate one of the job's checkpoints with AutoAttack at other eps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eps: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        min_length=1, max_length=20, description="L-inf radii on the pixel scale, in [0, 1]"
+    )
+    preset: Literal["standard", "custom", "fast"] = "standard"
+    n: int = Field(default=1000, ge=1, le=100000, description="test images to attack")
+    checkpoint: Literal["best", "final"] | None = Field(
+        default=None, description="which checkpoint (default: final, else best)"
+    )
+
+
+class EpsResult(BaseModel):
+    eps: float
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    per_attack: dict[str, float] = Field(default_factory=dict)
+
+
+class EvaluationPublic(BaseModel):
+    id: str
+    job_id: str
+    checkpoint_id: str | None
+    status: str
+    preset: str
+    n: int
+    norm: str
+    eps: list[float]
+    results: list[EpsResult]
+    error: str | None = None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None = None
+    leaderboard_grade: bool = Field(
+        description="true only for the standard preset on the dataset's full test set"
+    )
+
+
+class EvaluationsPage(BaseModel):
+    items: list[EvaluationPublic]
+
+
+class UserPublic(BaseModel):
+    id: str
+    name: str
+    is_admin: bool
+
+
+class HealthPublic(BaseModel):
+    status: str
+    database: str
+    broker: str
+    version: str

@@ -1,0 +1,120 @@
+"""Checkpoint listing and ranged downloads, from a real row and a real file."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from db.models import Checkpoint
+
+SIZE = 700_001  # more than two streaming chunks, odd on purpose
+
+
+@pytest.fixture
+def checkpoint(app, client, make_job, settings):
+    """A finished job with a final checkpoint: safetensors bytes + card on disk, and its row."""
+    job = make_job(client, status="succeeded")
+    folder = Path(settings.artifacts_dir) / job["id"]
+    folder.mkdir(parents=True)
+    data = os.urandom(SIZE)
+    (folder / "model-final.safetensors").write_bytes(data)
+    (folder / "model-final.json").write_text('{"architecture": "mlp"}')
+    with app.state.session_factory() as session:
+        row = Checkpoint(
+            job_id=job["id"],
+            kind="final",
+            stage="train",
+            epoch=2,
+            path=f"{job['id']}/model-final.safetensors",
+            size=SIZE,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        session.add(row)
+        session.commit()
+        return {"id": row.id, "job": job, "data": data, "sha": row.sha256}
+
+
+def _url(ck, fmt="safetensors"):
+    return f"/api/v1/checkpoints/{ck['id']}/download?format={fmt}"
+
+
+def test_list_checkpoints_gives_download_urls(client, checkpoint):
+    [item] = client().get(f"/api/v1/jobs/{checkpoint['job']['id']}/checkpoints").json()["items"]
+    assert item["id"] == checkpoint["id"] and item["kind"] == "final"
+    assert item["size"] == SIZE and item["sha256"] == checkpoint["sha"]
+    assert set(item["files"]) == {"safetensors", "card"}  # no robustbench file on disk
+    assert item["files"]["card"] == _url(checkpoint, "card")
+
+
+def test_download_full_file_with_checksum_headers(client, checkpoint):
+    response = client().get(_url(checkpoint))
+    assert response.status_code == 200
+    assert response.content == checkpoint["data"]
+    headers = response.headers
+    assert headers["x-checksum-sha256"] == checkpoint["sha"]
+    assert headers["etag"] == f'"{checkpoint["sha"]}"'
+    assert headers["content-length"] == str(SIZE) and headers["accept-ranges"] == "bytes"
+    assert headers["content-disposition"].startswith("attachment; filename=")
+
+
+def test_download_partial_range_is_206(client, checkpoint):
+    response = client().get(_url(checkpoint), headers={"Range": "bytes=100-299"})
+    assert response.status_code == 206
+    assert response.headers["content-range"] == f"bytes 100-299/{SIZE}"
+    assert response.content == checkpoint["data"][100:300]
+    tail = client().get(_url(checkpoint), headers={"Range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == checkpoint["data"][-5:]
+
+
+def test_resumed_download_concatenates_to_the_file(client, checkpoint):
+    first = client().get(_url(checkpoint), headers={"Range": "bytes=0-123455"}).content
+    etag = f'"{checkpoint["sha"]}"'
+    rest = client().get(
+        _url(checkpoint), headers={"Range": f"bytes={len(first)}-", "If-Range": etag}
+    )
+    assert rest.status_code == 206
+    assert hashlib.sha256(first + rest.content).hexdigest() == checkpoint["sha"]
+
+
+def test_range_after_the_end_is_416(client, checkpoint):
+    response = client().get(_url(checkpoint), headers={"Range": f"bytes={SIZE}-"})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{SIZE}"
+    assert "outside the file" in response.json()["detail"]
+
+
+def test_stale_if_range_sends_the_whole_file(client, checkpoint):
+    headers = {"Range": "bytes=10-", "If-Range": '"0000"'}
+    response = client().get(_url(checkpoint), headers=headers)
+    assert response.status_code == 200 and len(response.content) == SIZE
+
+
+def test_download_card_has_its_own_checksum(client, checkpoint):
+    response = client().get(_url(checkpoint, "card"))
+    assert response.status_code == 200 and response.json() == {"architecture": "mlp"}
+    assert response.headers["x-checksum-sha256"] == hashlib.sha256(response.content).hexdigest()
+
+
+def test_other_users_checkpoint_is_404_like_a_missing_one(client, checkpoint, bob):
+    response = client(bob).get(_url(checkpoint))
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"checkpoint {checkpoint['id']} not found"}
+    missing = client(bob).get("/api/v1/checkpoints/ffffffffffffffffffffffffffffffff/download")
+    assert missing.json() == {"detail": "checkpoint ffffffffffffffffffffffffffffffff not found"}
+
+
+def test_row_pointing_outside_the_artifact_store_is_refused(client, checkpoint, app, tmp_path):
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"x" * 10)
+    with app.state.session_factory() as session:
+        session.get(Checkpoint, checkpoint["id"]).path = "../secret.safetensors"
+        session.commit()
+    response = client().get(_url(checkpoint))
+    assert response.status_code == 404
+
+
+def test_file_without_a_row_is_never_offered(client, checkpoint, settings):
+    stray = Path(settings.artifacts_dir) / checkpoint["job"]["id"] / "model-best.safetensors"
+    stray.write_bytes(b"stray")
+    items = client().get(f"/api/v1/jobs/{checkpoint['job']['id']}/checkpoints").json()["items"]
+    assert [c["kind"] for c in items] == ["final"]

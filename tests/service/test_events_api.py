@@ -1,0 +1,126 @@
+"""The SSE stream of a job: job, metric, log, evaluation events, then end."""
+
+import json
+import threading
+
+from db.models import Evaluation, Job, JobLog, JobMetric
+
+
+def parse_sse(text):
+    """[(id, event, data)] of a text/event-stream body (comments and retry skipped)."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if "event" in fields:
+            events.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def read_stream(response, signal, when):
+    """The whole body; ``signal`` is set once a line equal to ``when`` has arrived."""
+    lines = []
+    for line in response.iter_lines():
+        lines.append(line)
+        if line == when:
+            signal.set()
+    return "\n".join(lines)
+
+
+def _add_rows(app, job_id, metrics=(), logs=()):
+    with app.state.session_factory() as session:
+        for stage, epoch in metrics:
+            session.add(JobMetric(job_id=job_id, stage=stage, epoch=epoch, train_loss=1.0))
+        for message in logs:
+            session.add(JobLog(job_id=job_id, level="INFO", message=message))
+        session.commit()
+
+
+def _finish_later(app, job_id, started):
+    """Once the stream has started: one more metric, then the job succeeds."""
+
+    def run():
+        started.wait(10)
+        _add_rows(app, job_id, metrics=[("train", 1)], logs=["epoch 1 done"])
+        with app.state.session_factory() as session:
+            session.get(Job, job_id).status = "succeeded"
+            session.commit()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_events_follow_a_job_until_end(client, make_job, app):
+    job = make_job(client, status="running", stage="burn_in", epoch=1)
+    _add_rows(app, job["id"], metrics=[("burn_in", 1)], logs=["started"])
+    started = threading.Event()
+    thread = _finish_later(app, job["id"], started)
+    c = client()
+    with c.stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = read_stream(response, started, "event: job")
+    thread.join()
+    events = parse_sse(body)
+    kinds = [kind for _, kind, _ in events]
+    assert kinds[-1] == "end" and events[-1][2] == {"status": "succeeded"}
+    assert [d["stage"] for _, k, d in events if k == "metric"] == ["burn_in", "train"]
+    assert [d["message"] for _, k, d in events if k == "log"] == ["started", "epoch 1 done"]
+    statuses = [d["status"] for _, k, d in events if k == "job"]
+    assert statuses[0] == "running" and statuses[-1] == "succeeded"
+
+
+def test_events_resume_after_last_event_id(client, make_job, app):
+    job = make_job(client, status="succeeded")
+    _add_rows(app, job["id"], metrics=[("train", 1), ("train", 2)], logs=["a", "b"])
+    first = parse_sse(client().get(f"/api/v1/jobs/{job['id']}/events").text)
+    after_first_metric = next(i for i, kind, _ in first if kind == "metric")
+    again = client().get(
+        f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": after_first_metric}
+    )
+    events = parse_sse(again.text)
+    assert [d["epoch"] for _, k, d in events if k == "metric"] == [2]
+    assert [d["message"] for _, k, d in events if k == "log"] == ["a", "b"]
+    last = first[-1][0]
+    by_query = parse_sse(client().get(f"/api/v1/jobs/{job['id']}/events?since={last}").text)
+    assert [k for _, k, _ in by_query] == ["job", "end"]
+
+
+def test_events_wait_for_pending_evaluation(client, make_job, app):
+    job = make_job(client, status="succeeded")
+    with app.state.session_factory() as session:
+        evaluation = Evaluation(
+            job_id=job["id"],
+            status="running",
+            preset="fast",
+            n=10,
+            norm="linf",
+            eps=[0.1],
+            results=[],
+        )
+        session.add(evaluation)
+        session.commit()
+        eval_id = evaluation.id
+    started = threading.Event()
+
+    def finish():
+        started.wait(10)
+        with app.state.session_factory() as session:
+            row = session.get(Evaluation, eval_id)
+            row.status = "succeeded"
+            row.results = [{"eps": 0.1, "clean_acc": 0.9, "robust_acc": 0.5, "per_attack": {}}]
+            session.commit()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    with client().stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        events = parse_sse(read_stream(response, started, "event: evaluation"))
+    thread.join()
+    evaluations = [d for _, k, d in events if k == "evaluation"]
+    assert [e["status"] for e in evaluations] == ["running", "succeeded"]
+    assert evaluations[-1]["results"][0]["robust_acc"] == 0.5
+    assert events[-1][1] == "end"
