@@ -1,0 +1,113 @@
+// HTTP client of the dashboard: bearer token from localStorage, JSON helpers, SSE over fetch.
+const TOKEN_KEY = "dyart.token";
+const BASE = "/api/v1";
+
+export function getToken() {
+  return localStorage.getItem(TOKEN_KEY) || "";
+}
+
+export function setToken(token) {
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  else localStorage.removeItem(TOKEN_KEY);
+}
+
+function headers(extra = {}) {
+  const h = { Accept: "application/json", ...extra };
+  const token = getToken();
+  if (token) h.Authorization = `Bearer ${token}`;
+  return h;
+}
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    const text = Array.isArray(detail) ? detail.map((d) => d.message).join("; ") : detail;
+    super(`${status}: ${text}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+export async function api(path, { method = "GET", body } = {}) {
+  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const response = await fetch(BASE + path, init);
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, data.detail ?? response.statusText);
+  return data;
+}
+
+/** Downloads a URL with the token and saves it as a file; returns {name, size}. */
+export async function download(url) {
+  const response = await fetch(url, { headers: headers({ Accept: "*/*" }) });
+  if (!response.ok) throw new ApiError(response.status, response.statusText);
+  const blob = await response.blob();
+  const disposition = response.headers.get("Content-Disposition") || "";
+  const match = /filename="?([^";]+)"?/.exec(disposition);
+  const name = match ? match[1] : url.split("/").pop();
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  return { name, size: blob.size };
+}
+
+function parseBlock(block) {
+  const event = { type: "message", data: [] };
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const i = line.indexOf(":");
+    const field = i < 0 ? line : line.slice(0, i);
+    const value = i < 0 ? "" : line.slice(i + 1).replace(/^ /, "");
+    if (field === "event") event.type = value;
+    else if (field === "data") event.data.push(value);
+    else if (field === "id") event.id = value;
+  }
+  return event.data.length ? { ...event, data: event.data.join("\n") } : null;
+}
+
+/**
+ * Follows an SSE stream with fetch (so the token stays in a header); calls onEvent(type, data).
+ * Returns a stop() function. Reconnects with Last-Event-ID until an `end` event or stop().
+ */
+export function follow(path, onEvent) {
+  const controller = new AbortController();
+  let lastId = null;
+  let ended = false;
+  async function run() {
+    while (!ended && !controller.signal.aborted) {
+      try {
+        const extra = { Accept: "text/event-stream" };
+        if (lastId) extra["Last-Event-ID"] = lastId;
+        const res = await fetch(BASE + path, { headers: headers(extra), signal: controller.signal });
+        if (!res.ok || !res.body) throw new ApiError(res.status, res.statusText);
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value.replace(/\r\n?/g, "\n");
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const event = parseBlock(buffer.slice(0, cut));
+            buffer = buffer.slice(cut + 2);
+            if (!event) continue;
+            if (event.id) lastId = event.id;
+            if (event.type === "end") ended = true;
+            let data = event.data;
+            try { data = JSON.parse(data); } catch { /* plain text */ }
+            onEvent(event.type, data);
+          }
+        }
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        if (error instanceof ApiError && error.status < 500) return;
+      }
+      if (!ended) await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+  run();
+  return () => controller.abort();
+}

@@ -1,0 +1,82 @@
+// Small SVG line charts: axes, ticks, a legend, one polyline + dots per series.
+const NS = "http://www.w3.org/2000/svg";
+const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2"];
+const W = 480, H = 240, PAD = { l: 48, r: 12, t: 12, b: 32 };
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function extent(values, fallback) {
+  const finite = values.filter(Number.isFinite);
+  if (!finite.length) return fallback;
+  let lo = Math.min(...finite), hi = Math.max(...finite);
+  if (lo === hi) { lo -= 0.5 || 1; hi += 0.5; }
+  return [lo, hi];
+}
+
+function ticks(lo, hi, n = 5) {
+  return Array.from({ length: n }, (_, i) => lo + ((hi - lo) * i) / (n - 1));
+}
+
+function fmt(v) {
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 0.01 || a >= 1e4)) return v.toExponential(1);
+  return a >= 10 ? v.toFixed(0) : v.toFixed(2);
+}
+
+function drawAxes(svg, sx, sy, xr, yr, opts) {
+  const g = el("g", { class: "axes" });
+  for (const y of ticks(...yr)) {
+    g.append(el("line", { x1: PAD.l, x2: W - PAD.r, y1: sy(y), y2: sy(y), class: "grid" }));
+    g.append(el("text", { x: PAD.l - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y)));
+  }
+  for (const x of ticks(...xr)) {
+    g.append(el("text", { x: sx(x), y: H - PAD.b + 14, "text-anchor": "middle" }, fmt(x)));
+  }
+  g.append(el("text", { x: (PAD.l + W - PAD.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel || ""));
+  svg.append(g);
+}
+
+/**
+ * Line chart. series: [{label, points: [[x, y], ...]}]; opts: {title, xLabel, yRange}.
+ * Returns a <figure> holding the SVG and a legend; data-points counts drawn points.
+ */
+export function lineChart(series, opts = {}) {
+  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+  const ys = series.flatMap((s) => s.points.map((p) => p[1]));
+  const xr = extent(xs, [0, 1]);
+  const yr = opts.yRange || extent(ys, [0, 1]);
+  const sx = (x) => PAD.l + ((x - xr[0]) / (xr[1] - xr[0])) * (W - PAD.l - PAD.r);
+  const sy = (y) => H - PAD.b - ((y - yr[0]) / (yr[1] - yr[0])) * (H - PAD.t - PAD.b);
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart" });
+  svg.append(el("title", {}, opts.title || "chart"));
+  drawAxes(svg, sx, sy, xr, yr, opts);
+  let count = 0;
+  series.forEach((s, i) => {
+    const color = COLORS[i % COLORS.length];
+    const pts = s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
+    count += pts.length;
+    const d = pts.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+    svg.append(el("polyline", { points: d, fill: "none", stroke: color, "stroke-width": 2, class: s.dash ? "dash" : "" }));
+    for (const p of pts) svg.append(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color, class: "pt" }));
+  });
+  const figure = document.createElement("figure");
+  figure.className = "chart-box";
+  figure.dataset.points = String(count);
+  const caption = document.createElement("figcaption");
+  caption.textContent = opts.title || "";
+  const legend = document.createElement("ul");
+  legend.className = "legend";
+  series.forEach((s, i) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="swatch" style="background:${COLORS[i % COLORS.length]}"></span>`;
+    li.append(document.createTextNode(s.label));
+    legend.append(li);
+  });
+  figure.append(caption, svg, legend);
+  return figure;
+}

@@ -1,0 +1,97 @@
+// #/jobs/<id>: live progress over SSE, charts, AutoAttack results, log, controls, downloads.
+import { api, download, follow } from "./api.js";
+import { badge, duration, h, pct, progressBar, say } from "./dom.js";
+import { evalNote, evalTable, metricCharts, robustVsEps } from "./results.js";
+
+const FINAL = new Set(["succeeded", "failed", "canceled"]);
+
+function summary(job) {
+  const m = job.latest_metrics || {};
+  const stage = job.stage ? `${job.stage}, epoch ${job.epoch ?? 0} of ${job.total_epochs ?? "?"}`
+    : FINAL.has(job.status) ? "" : "waiting for a worker";
+  return h("div", { class: "summary" },
+    h("p", {}, badge(job.status), " ", h("span", { id: "stage" }, stage)),
+    progressBar(job, "job progress"),
+    h("dl", { class: "facts" },
+      ...[["Elapsed", duration(job.elapsed_seconds)], ["Remaining", duration(job.eta_seconds)],
+        ["Val clean", pct(m.val_clean_acc)], ["Val PGD", pct(m.val_pgd_acc)],
+        ["Best PGD", job.best ? `${pct(job.best.val_pgd_acc)} (epoch ${job.best.epoch})` : "–"],
+        ["Attempts", job.attempts ?? 0]].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    job.error ? h("p", { class: "error" }, job.error) : null);
+}
+
+function config(job) {
+  const c = job.config || {};
+  return h("details", {}, h("summary", {}, `${c.dataset} / ${c.architecture} / ${c.method} — configuration`),
+    h("pre", {}, JSON.stringify(c, null, 2)));
+}
+
+function checkpointRow(ck) {
+  const out = h("span", { class: "muted", "aria-live": "polite" });
+  const buttons = Object.entries(ck.files || {}).map(([format, url]) => h("button", {
+    type: "button", class: "secondary", "data-format": format,
+    onclick: async () => {
+      try {
+        const file = await download(url);
+        out.textContent = `saved ${file.name} (${file.size} bytes)`;
+      } catch (error) { out.textContent = error.message; }
+    },
+  }, `Download ${format}`));
+  return h("li", { class: "checkpoint", "data-kind": ck.kind },
+    h("strong", {}, ck.kind), ` ${ck.stage} epoch ${ck.epoch} · ${ck.size} bytes · sha256 `,
+    h("code", { class: "sha256" }, ck.sha256), h("div", { class: "buttons" }, buttons), out);
+}
+
+export async function detailPage(main, { parts }) {
+  const id = parts[1];
+  let job = await api(`/jobs/${id}`);
+  let rows = (await api(`/jobs/${id}/metrics`)).items;
+  const log = (await api(`/jobs/${id}/log?tail=200`)).lines;
+  const parts$ = {
+    summary: h("section", { id: "summary", "aria-live": "polite" }),
+    controls: h("div", { class: "buttons" }),
+    charts: h("section", { id: "charts", "aria-label": "Training curves" }),
+    evals: h("section", { id: "evaluations", "aria-label": "AutoAttack evaluations" }),
+    checkpoints: h("ul", { id: "checkpoints" }),
+    log: h("pre", { id: "log", tabindex: "0", "aria-label": "log tail" }),
+  };
+  const title = h("h1", {}, job.name || job.id);
+  main.append(title, parts$.summary, parts$.controls, config(job), h("h2", {}, "Training curves"), parts$.charts,
+    h("h2", {}, "AutoAttack"), parts$.evals, h("h2", {}, "Checkpoints"), parts$.checkpoints,
+    h("h2", {}, "Log"), parts$.log);
+
+  const act = (verb) => async () => {
+    try { job = await api(`/jobs/${id}/${verb}`, { method: "POST" }); say(`Job ${verb} requested.`); drawJob(); }
+    catch (error) { say(error.message); }
+  };
+  function drawJob() {
+    parts$.summary.replaceChildren(summary(job));
+    parts$.controls.replaceChildren(
+      h("button", { type: "button", id: "cancel", disabled: FINAL.has(job.status) || job.cancel_requested, onclick: act("cancel") }, "Cancel"),
+      h("button", { type: "button", id: "resume", class: "secondary", disabled: !["failed", "canceled"].includes(job.status), onclick: act("resume") }, "Resume"),
+      h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
+  }
+  const drawCharts = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
+  async function drawEvals() {
+    const evs = (await api(`/jobs/${id}/evaluations`)).items;
+    parts$.evals.replaceChildren(...(evs.length ? [robustVsEps([{ label: job.name, evaluations: evs }]),
+      ...evs.flatMap((e) => [evalNote(e), evalTable(e)])] : [h("p", { class: "muted" }, "No evaluation yet.")]));
+  }
+  async function drawCheckpoints() {
+    const cks = (await api(`/jobs/${id}/checkpoints`)).items;
+    parts$.checkpoints.replaceChildren(...(cks.length ? cks.map(checkpointRow) : [h("li", { class: "muted" }, "No checkpoint yet.")]));
+  }
+  const lines = log.map((l) => `${l.ts ?? ""} ${l.level ?? ""} ${l.message}`);
+  const drawLog = () => { parts$.log.textContent = lines.slice(-200).join("\n"); parts$.log.scrollTop = 1e9; };
+  drawJob(); drawCharts(); drawLog();
+  await Promise.all([drawEvals(), drawCheckpoints()]);
+
+  const stop = follow(`/jobs/${id}/events`, (type, data) => {
+    if (type === "job") { job = data; drawJob(); }
+    else if (type === "metric") { rows = [...rows, data]; drawCharts(); drawCheckpoints().catch(() => {}); }
+    else if (type === "log") { lines.push(typeof data === "string" ? data : `${data.ts ?? ""} ${data.level ?? ""} ${data.message}`); drawLog(); }
+    else if (type === "evaluation") drawEvals().catch(() => {});
+    else if (type === "end") { drawEvals().catch(() => {}); drawCheckpoints().catch(() => {}); say(`Job ${job.status}.`); }
+  });
+  return stop;
+}

@@ -1,0 +1,151 @@
+// #/new: a job form generated from the catalog; shows the server's 422 messages per field.
+import { api } from "./api.js";
+import { h, say } from "./dom.js";
+
+const slug = (field) => field.replace(/[^a-zA-Z0-9_-]/g, "-");
+
+function defaultOf(param, dataset) {
+  if (param.default === null && param.eps_scale) return +(param.eps_scale * dataset.eps).toPrecision(6);
+  if (param.name === "eval_eps" && param.default === null) return dataset.eval_eps.map((e) => +e.toPrecision(6)).join(", ");
+  if (Array.isArray(param.default)) return param.default.join(", ");
+  return param.default;
+}
+
+function input(param, field, value) {
+  const id = `field-${slug(field)}`;
+  const common = { id, name: field, "data-field": field, "aria-describedby": `help-${slug(field)} err-${slug(field)}` };
+  if (param.type === "choice") {
+    const s = h("select", common, param.choices.map((c) => h("option", { value: c }, c)));
+    s.value = value;
+    return s;
+  }
+  if (param.type === "bool") {
+    const c = h("input", { ...common, type: "checkbox" });
+    c.checked = !!value;
+    return c;
+  }
+  if (param.type === "int" || param.type === "float") {
+    return h("input", { ...common, type: "number", step: param.type === "int" ? 1 : "any",
+      min: param.min ?? undefined, max: param.max ?? undefined, value: value ?? "" });
+  }
+  return h("input", { ...common, type: "text", value: value ?? "" });
+}
+
+function fieldRow(param, field, value) {
+  const range = param.min !== null && param.min !== undefined ? ` [${param.min} … ${param.max}]` : "";
+  return h("div", { class: "field" },
+    h("label", { for: `field-${slug(field)}` }, param.name),
+    input(param, field, value),
+    h("small", { id: `help-${slug(field)}`, class: "muted" }, `${param.help || ""}${range}`),
+    h("small", { id: `err-${slug(field)}`, class: "field-error", "aria-live": "polite" }));
+}
+
+function readValue(node, type) {
+  if (type === "bool") return node.checked;
+  const raw = node.value.trim();
+  if (raw === "") return undefined;
+  if (type === "int" || type === "float") return Number(raw);
+  if (type === "float_list") return raw.split(/[\s,]+/).filter(Boolean).map(Number);
+  return raw;
+}
+
+function archOptions(catalog, dataset, select) {
+  const current = select.value;
+  select.replaceChildren(...catalog.architectures.map((a) => {
+    const fits = dataset.image_size >= a.min_image_size && dataset.image_size <= a.max_image_size;
+    return h("option", { value: a.name, disabled: !fits },
+      fits ? a.title : `${a.title} — does not fit ${dataset.image_size}px images`);
+  }));
+  const ok = [...select.options].find((o) => o.value === current && !o.disabled);
+  select.value = ok ? current : [...select.options].find((o) => !o.disabled)?.value ?? "";
+}
+
+function buildBody(form, catalog) {
+  const body = { hparams: {} };
+  for (const key of ["name", "dataset", "architecture", "method"]) {
+    const v = form.elements[key].value.trim();
+    if (v) body[key] = v;
+  }
+  const method = catalog.methods.find((m) => m.name === body.method);
+  for (const p of method.params) {
+    const v = readValue(form.querySelector(`[data-field="hparams.${p.name}"]`), p.type);
+    if (v !== undefined) body.hparams[p.name] = v;
+  }
+  for (const p of catalog.train_params) {
+    const v = readValue(form.querySelector(`[data-field="${p.name}"]`), p.type);
+    if (v !== undefined) body[p.name] = v;
+  }
+  return body;
+}
+
+function showErrors(form, detail) {
+  const list = Array.isArray(detail) ? detail : [{ field: "", message: String(detail) }];
+  const general = [];
+  for (const d of list) {
+    const slot = form.querySelector(`#err-${slug(d.field || "none")}`);
+    if (slot) {
+      slot.textContent = d.message;
+      form.querySelector(`#field-${slug(d.field)}`)?.setAttribute("aria-invalid", "true");
+    } else general.push(d.message);
+  }
+  form.querySelector("#form-errors").textContent = general.join("; ");
+  (form.querySelector("[aria-invalid=true]") || form.querySelector("#form-errors")).focus?.();
+}
+
+export async function newJobPage(main) {
+  const catalog = await api("/catalog");
+  const presets = catalog.eval_presets || ["standard", "custom", "fast"];
+  const datasetSel = h("select", { id: "field-dataset", name: "dataset", "data-field": "dataset" },
+    catalog.datasets.map((d) => h("option", { value: d.name, disabled: d.available === false },
+      d.available === false ? `${d.title} (not installed)` : d.title)));
+  datasetSel.value = catalog.datasets.find((d) => d.available !== false)?.name ?? "";
+  const archSel = h("select", { id: "field-architecture", name: "architecture", "data-field": "architecture" });
+  const methodSel = h("select", { id: "field-method", name: "method", "data-field": "method" },
+    catalog.methods.map((m) => h("option", { value: m.name }, m.title)));
+  methodSel.value = catalog.methods.some((m) => m.name === "dyart") ? "dyart" : catalog.methods[0].name;
+  const hparamBox = h("fieldset", { id: "hparams" });
+  const trainBox = h("fieldset", { id: "train-params" });
+  const simple = (label, control, field) => h("div", { class: "field" },
+    h("label", { for: control.id }, label), control,
+    h("small", { id: `err-${slug(field)}`, class: "field-error", "aria-live": "polite" }));
+  const form = h("form", { id: "job-form", novalidate: true },
+    simple("Name", h("input", { id: "field-name", name: "name", "data-field": "name", type: "text" }), "name"),
+    simple("Dataset", datasetSel, "dataset"),
+    simple("Architecture", archSel, "architecture"),
+    simple("Method", methodSel, "method"),
+    hparamBox, trainBox,
+    h("p", { id: "form-errors", class: "error", tabindex: "-1", "aria-live": "assertive" }),
+    h("button", { type: "submit" }, "Start training"));
+
+  function render() {
+    const dataset = catalog.datasets.find((d) => d.name === datasetSel.value) || catalog.datasets[0];
+    archOptions(catalog, dataset, archSel);
+    const method = catalog.methods.find((m) => m.name === methodSel.value);
+    hparamBox.replaceChildren(h("legend", {}, `${method.title} hyperparameters`),
+      ...method.params.map((p) => fieldRow(p, `hparams.${p.name}`, defaultOf(p, dataset))));
+    trainBox.replaceChildren(h("legend", {}, "Training and evaluation"),
+      ...catalog.train_params.map((p) => {
+        const param = p.name === "eval_preset" ? { ...p, choices: presets } : p;
+        return fieldRow(param, p.name, defaultOf(p, dataset));
+      }));
+  }
+  datasetSel.addEventListener("change", render);
+  methodSel.addEventListener("change", render);
+  render();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
+    form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
+    form.querySelector("#form-errors").textContent = "";
+    try {
+      const job = await api("/jobs", { method: "POST", body: buildBody(form, catalog) });
+      say(`Job ${job.name || job.id} queued.`);
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) {
+      if (error.status === 422) showErrors(form, error.detail);
+      else form.querySelector("#form-errors").textContent = error.message;
+      say("The job was not accepted; see the messages in the form.");
+    }
+  });
+  main.append(h("h1", {}, "New training job"), form);
+}

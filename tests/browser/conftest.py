@@ -1,0 +1,109 @@
+"""Browser fixtures: one headless Chromium per session, pages that record their errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("DYART_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LOAD_FAILURE = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
+
+
+@dataclass
+class PageProblems:
+    """Console errors, page exceptions and failed requests seen by one page."""
+
+    console: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    allowed: list[tuple[int, str]] = field(default_factory=list)
+
+    def allow(self, status: int, path: str) -> None:
+        """Expect one response of ``status`` for a URL ending in ``path`` (not a problem)."""
+        self.allowed.append((status, path))
+
+    def _expected(self, status: int, url: str) -> bool:
+        return any(status == s and url.split("?")[0].endswith(p) for s, p in self.allowed)
+
+    def unexpected(self) -> list[str]:
+        statuses = {s for s, _ in self.allowed}
+        console = [
+            m
+            for m in self.console
+            if not ((hit := LOAD_FAILURE.search(m)) and int(hit.group(1)) in statuses)
+        ]
+        return console + self.failed
+
+
+def _watch(page, problems: PageProblems) -> None:
+    def on_console(message) -> None:
+        if message.type == "error":
+            problems.console.append(message.text)
+
+    def on_response(response) -> None:
+        if response.status >= 400 and not problems._expected(response.status, response.url):
+            problems.failed.append(f"{response.status} {response.request.method} {response.url}")
+
+    def on_failed(request) -> None:
+        if "aborted" not in (request.failure or "").lower():
+            problems.failed.append(f"failed {request.method} {request.url}: {request.failure}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.console.append(f"page error: {error}"))
+    page.on("response", on_response)
+    page.on("requestfailed", on_failed)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set DYART_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def open_page(chromium, tmp_path) -> Iterator:
+    """``open_page(width=1280, height=900)`` -> (page, PageProblems); downloads allowed."""
+    contexts = []
+
+    def make(width: int = 1280, height: int = 900):
+        context = chromium.new_context(
+            viewport={"width": width, "height": height}, accept_downloads=True
+        )
+        context.set_default_timeout(30_000)
+        contexts.append(context)
+        page = context.new_page()
+        problems = PageProblems()
+        _watch(page, problems)
+        return page, problems
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """``$DYART_TEST_ARTIFACTS/screenshots`` (default ./test-artifacts/screenshots)."""
+    folder = Path(os.environ.get("DYART_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def keep_as_docs_image(shot: Path) -> None:
+    """Copy a screenshot to docs/dashboard.png (the README's picture)."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    docs.mkdir(exist_ok=True)
+    shutil.copyfile(shot, docs / "dashboard.png")
