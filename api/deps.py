@@ -6,15 +6,20 @@ answered exactly like a job that does not exist, so ids cannot be probed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Annotated
 
-from db.models import Checkpoint, Job, User
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate
 from api.errors import ResourceNotFoundError
+from db.models import Checkpoint, Job, User
+
+# Every id the service makes is ``uuid4().hex``; anything else names nothing, and is
+# answered 404 before it reaches the database (Postgres refuses NUL characters).
+_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -41,7 +46,7 @@ def visible(user: User, owner_id: object) -> bool:
 
 def owned_job(job_id: str, session: SessionDep, user: CurrentUser) -> Job:
     """The job ``job_id`` if it exists and the user may see it; 404 otherwise."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if _ID.fullmatch(job_id) else None
     if job is None or not visible(user, job.owner_id):
         raise ResourceNotFoundError("job", job_id)
     return job
@@ -52,7 +57,7 @@ OwnedJob = Annotated[Job, Depends(owned_job)]
 
 def owned_checkpoint(checkpoint_id: str, session: SessionDep, user: CurrentUser) -> Checkpoint:
     """The checkpoint if its job is the user's (or the user is an admin); 404 otherwise."""
-    checkpoint = session.get(Checkpoint, checkpoint_id)
+    checkpoint = session.get(Checkpoint, checkpoint_id) if _ID.fullmatch(checkpoint_id) else None
     job = session.get(Job, checkpoint.job_id) if checkpoint is not None else None
     if job is None or not visible(user, job.owner_id):
         raise ResourceNotFoundError("checkpoint", checkpoint_id)

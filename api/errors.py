@@ -104,13 +104,25 @@ def validation_fields(exc: RequestValidationError) -> list[tuple[str, str]]:
     return out
 
 
+def _encodable(detail: Any) -> Any:
+    """``detail`` with every string made UTF-8 encodable (lone surrogates escaped)."""
+    if isinstance(detail, str):
+        return detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(detail, list):
+        return [_encodable(item) for item in detail]
+    if isinstance(detail, dict):
+        return {key: _encodable(value) for key, value in detail.items()}
+    return detail
+
+
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     headers = {}
     if isinstance(exc, AuthMissingError):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{exc.size}"
-    return JSONResponse({"detail": exc.detail()}, status_code=exc.status, headers=headers)
+    body = {"detail": _encodable(exc.detail())}
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

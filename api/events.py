@@ -23,15 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from db.models import Job, JobLog, JobMetric
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+
+from db.models import Job, JobLog, JobMetric
 
 FINAL = ("succeeded", "failed", "canceled")
 PENDING_EVALUATION = ("queued", "running")
 KEEPALIVE_SECONDS = 15.0
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
+_MAX_ROW_ID = 2**63 - 1  # the largest row id either database can compare with
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Cursor:
             metric, log = (int(part) for part in (text or "").split("-"))
         except ValueError:
             return cls()
-        return cls(max(metric, 0), max(log, 0))
+        return cls(min(max(metric, 0), _MAX_ROW_ID), min(max(log, 0), _MAX_ROW_ID))
 
     def __str__(self) -> str:
         return f"{self.metric}-{self.log}"

@@ -12,16 +12,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from db.session import make_engine, make_session_factory
-from db.settings import Settings, get_settings
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from api import __version__
 from api.auth import auth_required
 from api.celery_client import make_celery_client
-from api.errors import PayloadTooLargeError, install_error_handlers
+from api.errors import install_error_handlers
 from api.routes import (
     catalog,
     checkpoints,
@@ -33,6 +32,8 @@ from api.routes import (
     metrics,
 )
 from api.routes.metrics import RequestMetricsMiddleware, make_registry
+from db.session import make_engine, make_session_factory
+from db.settings import Settings, get_settings
 
 log = logging.getLogger("api")
 FRONTEND_DIR = Path(__file__).resolve().parents[1] / "frontend"
@@ -68,8 +69,10 @@ class BodySizeLimitMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                # The route is reading its body: the error handlers answer 413.
-                raise PayloadTooLargeError(self._message())
+                # The route is reading its body. FastAPI turns any other error raised
+                # here into a 400 "error parsing the body"; an HTTPException passes
+                # through to the error handlers, which answer 413.
+                raise HTTPException(413, self._message())
             return message
 
         await self.app(scope, counted, send)

@@ -8,6 +8,7 @@ that lists every bad field.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,14 @@ def _as_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def _no_nul(value: str | None) -> str | None:
+    # Postgres cannot store a NUL character in a text column.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "choice": "string"}
 
@@ -51,7 +60,9 @@ class _JobCreateBase(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str | None = Field(default=None, max_length=200, description="a label for people")
+    name: Annotated[str | None, AfterValidator(_no_nul)] = Field(
+        default=None, max_length=200, description="a label for people"
+    )
     dataset: str = Field(description="a name from GET /api/v1/catalog (datasets)")
     architecture: str = Field(description="a name from the catalog's architectures")
     method: str = Field(description="clean, dyart, pgd_at, trades or mart")
@@ -71,6 +82,9 @@ def validate_job_create(body: BaseModel, data_dir: str | Path | None) -> dict[st
     """The resolved TrainConfig dict for ``body``, or FieldsInvalidError (422)."""
     spec = body.model_dump(exclude={"name"}, exclude_none=True)
     spec.update({k: v for k, v in (body.model_extra or {}).items() if v is not None})
+    not_finite = _non_finite_numbers(spec)
+    if not_finite:  # 1e400 parses as inf, which an integer field cannot even compare
+        raise FieldsInvalidError(not_finite)
     resolved, errors = catalog.validate_job(spec, data_dir)
     for key, value in (body.model_extra or {}).items():
         if value is None:
@@ -78,6 +92,21 @@ def validate_job_create(body: BaseModel, data_dir: str | Path | None) -> dict[st
     if errors:
         raise FieldsInvalidError(errors)
     return resolved
+
+
+def _non_finite_numbers(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each inf or NaN among the top-level and hparams values."""
+    errors = []
+    hparams = spec.get("hparams") if isinstance(spec.get("hparams"), dict) else {}
+    values = [(k, v) for k, v in spec.items() if k != "hparams"]
+    for field, value in values + [(f"hparams.{k}", v) for k, v in hparams.items()]:
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, float) and not math.isfinite(item):
+                where = f"{field}[{i}]" if isinstance(value, list) else field
+                errors.append((field, f"{where}: expected a finite number, got {item!r}"))
+                break
+    return errors
 
 
 class BestPublic(BaseModel):

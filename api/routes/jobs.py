@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_JOB, send_task
 from api.deps import CurrentUser, OwnedJob, SessionDep
-from api.errors import StateConflictError
+from api.errors import FieldsInvalidError, StateConflictError
 from api.routes import API_PREFIX
 from api.schemas import (
     BestPublic,
@@ -30,6 +30,7 @@ from db.models import Job, JobLog, JobMetric, User
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 FINAL = ("succeeded", "failed", "canceled")
 METRIC_FIELDS = tuple(MetricPublic.model_fields)
+MAX_OFFSET = 2**63 - 1  # the largest OFFSET both databases accept
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -174,9 +175,17 @@ def list_jobs(
     dataset: str | None = None,
     q: str | None = Query(None, max_length=200, description="substring of the name or id"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Response:
     """Your jobs (an admin's: everyone's), newest first, filtered and paged."""
+    filters = {"status": status_, "method": method, "dataset": dataset, "q": q}
+    bad = [
+        (k, f"{k}: must not contain NUL characters")
+        for k, v in filters.items()
+        if v and "\x00" in v
+    ]
+    if bad:  # Postgres cannot compare text with a NUL character
+        raise FieldsInvalidError(bad)
     query = select(Job)
     if not user.is_admin:
         query = query.where(Job.owner_id == user.id)

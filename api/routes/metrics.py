@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from db.models import Job
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
+
+from db.models import Job
 
 router = APIRouter(tags=["metrics"])
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from db.models import Job
 
 from api.main import create_app
+from db.models import Job
 
 with warnings.catch_warnings():
     # starlette warns that it prefers httpx2; the client works the same with httpx.

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from db.models import Checkpoint
 
 SIZE = 700_001  # more than two streaming chunks, odd on purpose

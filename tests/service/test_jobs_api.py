@@ -1,6 +1,7 @@
 """Jobs over HTTP: create, list (filters, paging), get, cancel, resume, ownership."""
 
 import pytest
+
 from db.models import Job
 
 
