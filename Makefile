@@ -8,7 +8,7 @@ services:
 	@scripts/services
 
 run: install
-	@scripts/serve
+	@scripts/serve --demo
 
 demo: install
 	.venv/bin/dyart train --recipe mnist10k_dyart --out runs/mnist10k_dyart

@@ -1,6 +1,6 @@
 """``dyart-service``: serve the API (with one worker), migrate, and administer users.
 
-    dyart-service serve [--host H] [--port P] [--no-worker]
+    dyart-service serve [--host H] [--port P] [--no-worker] [--demo]
     dyart-service migrate
     dyart-service admin create-user NAME [--admin]
     dyart-service admin create-token NAME        (prints the token once)
@@ -62,8 +62,12 @@ def stop_worker(worker: subprocess.Popen, grace: float = 20.0) -> None:
         worker.wait()
 
 
-def serve(settings: Settings, with_worker: bool) -> None:
-    """Migrate, start the worker, run uvicorn; stop the worker when uvicorn ends."""
+def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
+    """Migrate, start the worker, run uvicorn; stop the worker when uvicorn ends.
+
+    With ``demo``, also submit the demo job (once per database) and print its
+    progress and, at its end, where its checkpoint and results are.
+    """
     import uvicorn
 
     from api.auth import auth_required
@@ -75,6 +79,12 @@ def serve(settings: Settings, with_worker: bool) -> None:
     auth = "ON (bearer tokens)" if auth_required(settings) else "OFF (loopback only)"
     print(f"DyART service on {url}  (API docs {url}/docs)  auth: {auth}", flush=True)
     worker = start_worker(settings) if with_worker else None
+    if demo and auth_required(settings):
+        print("demo: skipped, this server requires tokens (submit the recipe with one)")
+    elif demo:
+        from api import demo as demo_job
+
+        demo_job.start(f"http://127.0.0.1:{settings.port}", Path(settings.artifacts_dir))
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     finally:
@@ -149,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host", help="listen address (default DYART_HOST)")
     serve_p.add_argument("--port", type=int, help="port (default DYART_PORT)")
     serve_p.add_argument("--no-worker", action="store_true", help="run the API only")
+    serve_p.add_argument(
+        "--demo", action="store_true", help="submit the mnist10k DyART demo (once) and follow it"
+    )
     verbs.add_parser("migrate", help="upgrade the database schema to the newest revision")
     admin = verbs.add_parser("admin", help="users and tokens").add_subparsers(
         dest="action", required=True
@@ -167,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, settings: Settings) -> None:
     if args.verb == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        serve(settings.model_copy(update=overrides), with_worker=not args.no_worker)
+        serve(settings.model_copy(update=overrides), not args.no_worker, args.demo)
     elif args.verb == "migrate":
         migrate(settings)
         print("database schema is up to date")
