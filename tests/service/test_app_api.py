@@ -39,6 +39,7 @@ def test_unexpected_error_is_500_without_stack_trace(app, client, caplog):
         raise RuntimeError("secret internal detail")
 
     app.add_api_route("/api/v1/broken", broken)
+    app.router.routes.insert(0, app.router.routes.pop())  # before the dashboard's catch-all mount
     with caplog.at_level(logging.ERROR, logger="api"):
         response = client().get("/api/v1/broken")
     assert response.status_code == 500

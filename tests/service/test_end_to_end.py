@@ -53,7 +53,11 @@ def download(client, url, path):
 
 
 def test_job_runs_end_to_end_over_http(live_server, worker_process, tmp_path):
-    client = httpx.Client(base_url=live_server.url, headers=live_server.headers, timeout=60)
+    with httpx.Client(base_url=live_server.url, headers=live_server.headers, timeout=60) as client:
+        _end_to_end(client, tmp_path)
+
+
+def _end_to_end(client: httpx.Client, tmp_path) -> None:
     created = client.post("/api/v1/jobs", json=JOB)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
