@@ -14,7 +14,11 @@ function extent(values, fallback) {
   const finite = values.filter(Number.isFinite);
   if (!finite.length) return fallback;
   let lo = Math.min(...finite), hi = Math.max(...finite);
-  if (lo === hi) { lo -= 0.5 || 1; hi += 0.5; }
+  if (lo === hi) {
+    const pad = Math.abs(lo) * 0.1 || 0.5;
+    lo -= pad;
+    hi += pad;
+  }
   return [lo, hi];
 }
 
@@ -22,20 +26,23 @@ function ticks(lo, hi, n = 5) {
   return Array.from({ length: n }, (_, i) => lo + ((hi - lo) * i) / (n - 1));
 }
 
-function fmt(v) {
+/** A tick label with as many decimals as the tick spacing `step` needs. */
+function fmt(v, step) {
   const a = Math.abs(v);
-  if (a !== 0 && (a < 0.01 || a >= 1e4)) return v.toExponential(1);
-  return a >= 10 ? v.toFixed(0) : v.toFixed(2);
+  if (a >= 1e4 || (a !== 0 && a < 1e-4)) return v.toExponential(1);
+  const decimals = Math.min(5, Math.max(0, Math.ceil(-Math.log10(Math.abs(step) || 1)) + 1));
+  return v.toFixed(a >= 10 && step >= 1 ? 0 : decimals);
 }
 
 function drawAxes(svg, sx, sy, xr, yr, opts) {
   const g = el("g", { class: "axes" });
+  const yStep = (yr[1] - yr[0]) / 4, xStep = (xr[1] - xr[0]) / 4;
   for (const y of ticks(...yr)) {
     g.append(el("line", { x1: PAD.l, x2: W - PAD.r, y1: sy(y), y2: sy(y), class: "grid" }));
-    g.append(el("text", { x: PAD.l - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y)));
+    g.append(el("text", { x: PAD.l - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y, yStep)));
   }
   for (const x of ticks(...xr)) {
-    g.append(el("text", { x: sx(x), y: H - PAD.b + 14, "text-anchor": "middle" }, fmt(x)));
+    g.append(el("text", { x: sx(x), y: H - PAD.b + 14, "text-anchor": "middle" }, fmt(x, xStep)));
   }
   g.append(el("text", { x: (PAD.l + W - PAD.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel || ""));
   svg.append(g);

@@ -7,8 +7,11 @@ const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
 function summary(job) {
   const m = job.latest_metrics || {};
-  const stage = job.stage ? `${job.stage}, epoch ${job.epoch ?? 0} of ${job.total_epochs ?? "?"}`
-    : FINAL.has(job.status) ? "" : "waiting for a worker";
+  const where = job.stage === "evaluate" ? "evaluate (AutoAttack)"
+    : `${job.stage}, epoch ${job.epoch ?? 0} of ${job.total_epochs ?? "?"}`;
+  const stage = job.status === "succeeded" ? ""
+    : FINAL.has(job.status) ? (job.stage ? `stopped in ${where}` : "")
+      : job.stage ? where : "waiting for a worker";
   return h("div", { class: "summary" },
     h("p", {}, badge(job.status), " ", h("span", { id: "stage" }, stage)),
     progressBar(job, "job progress"),
