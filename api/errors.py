@@ -9,6 +9,7 @@ short id, and the client gets the id only, never the stack.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -137,7 +138,45 @@ async def _state_conflict(request: Request, exc: JobStateError) -> JSONResponse:
     return await _api_error(request, StateConflictError(str(exc)))
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> str | None:
+    """Why FastAPI could not parse a JSON body it called unparsable, when Python says."""
+    if exc.status_code != 400 or exc.detail != "There was an error parsing the body":
+        return None
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "a number has too many digits"  # Python's int() limit (4300 digits)
+    return None
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the API's schema lists for this request's path (none: not an API path)."""
+    path = request.scope.get("path", "")
+    allowed: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/}]+\}", "[^/]+", template), path):
+            allowed |= {method.upper() for method in operations}
+    return sorted(allowed)
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    reason = _unparsable_body(exc)
+    if reason is not None:
+        message = f"body: request body is not valid JSON ({reason})"
+        return await _api_error(request, FieldsInvalidError([("body", message)]))
+    # The dashboard is mounted at /, so an API path asked with a method it lacks
+    # reaches the static files (a 404) instead of the router's 405: answer the 405.
+    allowed = _allowed_methods(request) if exc.status_code in (404, 405) else []
+    if allowed and request.method not in allowed:
+        detail = (
+            f"method {request.method} not allowed on {request.url.path}; use {', '.join(allowed)}"
+        )
+        return JSONResponse(
+            {"detail": detail}, status_code=405, headers={"Allow": ", ".join(allowed)}
+        )
     if exc.status_code == 404 and exc.detail == "Not Found":
         detail = f"no route {request.method} {request.url.path}; see /docs"
     else:

@@ -33,7 +33,7 @@ PENDING_EVALUATION = ("queued", "running")
 KEEPALIVE_SECONDS = 15.0
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
-_MAX_ROW_ID = 2**63 - 1  # the largest row id either database can compare with
+_MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
 
 
 @dataclass

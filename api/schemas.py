@@ -204,11 +204,11 @@ class EvaluationCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    eps: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+    eps: list[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
         min_length=1, max_length=20, description="L-inf radii on the pixel scale, in [0, 1]"
     )
     preset: Literal["standard", "custom", "fast"] = "standard"
-    n: int = Field(default=1000, ge=1, le=100000, description="test images to attack")
+    n: int = Field(default=1000, ge=1, le=100000, strict=True, description="test images to attack")
     checkpoint: Literal["best", "final"] | None = Field(
         default=None, description="which checkpoint (default: final, else best)"
     )
@@ -254,3 +254,20 @@ class HealthPublic(BaseModel):
     database: str
     broker: str
     version: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error but a 422: what went wrong, in one sentence."""
+
+    detail: str
+
+
+class FieldErrorPublic(BaseModel):
+    field: str = Field(description="the field, dotted for nested ones (hparams.eta, eps.0)")
+    message: str
+
+
+class FieldErrorsPublic(BaseModel):
+    """A 422: every invalid field of the request at once."""
+
+    detail: list[FieldErrorPublic]

@@ -18,15 +18,18 @@ once a second). Outcomes:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import platform
+import shutil
 import socket
 import threading
 import traceback
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -168,8 +171,35 @@ def _train(
         return _end(factory, job_id, me, "failed", str(exc))
     except Exception as exc:
         error = f"internal error: {type(exc).__name__}: {exc}"
+        if _disk_full(exc, store.root, store.root / "jobs" / job_id):
+            error = (
+                f"artifact disk full: no space left in {store.root} to write the job's files "
+                f"({type(exc).__name__}: {exc}); free some space, then resume the job"
+            )
         return _end(factory, job_id, me, "failed", error, traceback.format_exc())
     return _end(factory, job_id, me, "succeeded", "succeeded")
+
+
+def _disk_full(exc: BaseException, root: Path, job_dir: Path) -> bool:
+    """Did ``exc`` come from a full artifact disk?
+
+    An ``OSError`` ENOSPC/EDQUOT anywhere in the chain says so; torch's checkpoint
+    writer reports a short write only as "unexpected pos", so a disk with less
+    room left than the job's largest file (at least 1 MiB) counts as full too.
+    """
+    seen: BaseException | None = exc
+    for _ in range(20):  # a chain, not a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        free = shutil.disk_usage(root).free
+        sizes = [p.stat().st_size for p in job_dir.rglob("*") if p.is_file()]
+    except OSError:
+        return False
+    return free < max([1 << 20, *sizes])
 
 
 def _make_trainer(

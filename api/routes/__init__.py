@@ -1,4 +1,26 @@
 """One router per resource; each carries the API's version prefix itself, so a
 route's template (``/api/v1/jobs/{job_id}``) is its full path, as metrics label it."""
 
+from typing import Any
+
+from api.schemas import ErrorPublic, FieldErrorsPublic
+
 API_PREFIX = "/api/v1"
+
+_ERRORS: dict[int, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "missing, malformed or revoked token"},
+    404: {"model": ErrorPublic, "description": "no such id, or another user's"},
+    409: {"model": ErrorPublic, "description": "not possible in the resource's state"},
+    413: {"model": ErrorPublic, "description": "request body over the limit"},
+    416: {"model": ErrorPublic, "description": "Range outside the file"},
+    422: {"model": FieldErrorsPublic, "description": "invalid fields, each named"},
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses ``codes`` (as the handlers answer them)."""
+    return {code: _ERRORS[code] for code in codes}
+
+
+# Every route that needs a token and may read a body or an id.
+AUTHED_ERRORS = error_responses(401, 404, 409, 413, 422)

@@ -19,11 +19,13 @@ from sqlalchemy import select
 
 from api.deps import OwnedCheckpoint, OwnedJob, SessionDep
 from api.errors import RangeNotSatisfiableError, ResourceNotFoundError
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import CheckpointPublic, CheckpointsPage
 from db.models import Checkpoint
 
-router = APIRouter(prefix=API_PREFIX, tags=["checkpoints"])
+router = APIRouter(
+    prefix=API_PREFIX, tags=["checkpoints"], responses={**AUTHED_ERRORS, **error_responses(416)}
+)
 CHUNK = 256 * 1024
 FORMATS = ("safetensors", "card", "robustbench", "robustbench_entry")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

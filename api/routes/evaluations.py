@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from api.celery_client import RUN_EVALUATION, send_task
 from api.deps import OwnedJob, SessionDep
 from api.errors import StateConflictError
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, AUTHED_ERRORS
 from api.routes.catalog import FULL_TEST_SIZE
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
 from db.models import Checkpoint, Evaluation, Job
 
-router = APIRouter(prefix=API_PREFIX, tags=["evaluations"])
+router = APIRouter(prefix=API_PREFIX, tags=["evaluations"], responses=AUTHED_ERRORS)
 
 
 def leaderboard_grade(preset: str, n: int, dataset: str | None) -> bool:

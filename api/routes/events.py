@@ -7,9 +7,9 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import OwnedJob
 from api.events import Cursor, JobEventStream
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, AUTHED_ERRORS
 
-router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 
 
 @router.get(

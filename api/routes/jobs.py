@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.celery_client import RUN_JOB, send_task
 from api.deps import CurrentUser, OwnedJob, SessionDep
 from api.errors import FieldsInvalidError, StateConflictError
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, AUTHED_ERRORS
 from api.schemas import (
     BestPublic,
     JobCreate,
@@ -27,7 +27,7 @@ from api.schemas import (
 from db import jobs as job_states
 from db.models import Job, JobLog, JobMetric, User
 
-router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
+router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 FINAL = ("succeeded", "failed", "canceled")
 METRIC_FIELDS = tuple(MetricPublic.model_fields)
 MAX_OFFSET = 2**63 - 1  # the largest OFFSET both databases accept

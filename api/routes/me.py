@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import CurrentUser
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, AUTHED_ERRORS
 from api.schemas import UserPublic
 
-router = APIRouter(prefix=API_PREFIX, tags=["users"])
+router = APIRouter(prefix=API_PREFIX, tags=["users"], responses=AUTHED_ERRORS)
 
 
 @router.get("/me", response_model=UserPublic)
