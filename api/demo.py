@@ -105,7 +105,9 @@ def follow(client: DemoClient, job_id: str, artifacts: Path, url: str, poll: flo
                 if acc.get("val_pgd_acc") is not None:
                     extra += f", PGD {acc['val_pgd_acc']:.3f}"
                 extra += ")"
-            where = f"{job['stage'] or ''} epoch {job['epoch'] or 0}"
+            stage = job["stage"]
+            where = f"{stage} epoch {job['epoch'] or 0}" if stage in ("burn_in", "train") else ""
+            where = where or (stage or "starting")
             print(f"demo: {job['status']} {where}{extra}", flush=True)
         if job["status"] in FINAL:
             print(describe_end(client, job, artifacts, url), flush=True)
