@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,10 +99,3 @@ def screenshots() -> Path:
     folder = Path(os.environ.get("DYART_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def keep_as_docs_image(shot: Path) -> None:
-    """Copy a screenshot to docs/dashboard.png (the README's picture)."""
-    docs = Path(__file__).resolve().parents[2] / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(shot, docs / "dashboard.png")
