@@ -1,4 +1,5 @@
 # One verb each; every target sets up .venv first when it is missing.
+# Running the service needs no browser: only `make test` installs Chromium.
 .PHONY: run demo test check install services bench
 
 install:
@@ -7,10 +8,12 @@ install:
 services:
 	@scripts/services
 
-run: install
+run:
+	@DYART_SKIP_BROWSER=1 scripts/install
 	@scripts/serve --demo
 
-demo: install
+demo:
+	@DYART_SKIP_BROWSER=1 scripts/install
 	.venv/bin/dyart train --recipe mnist10k_dyart --out runs/mnist10k_dyart
 
 check: install
@@ -20,6 +23,9 @@ test: install services
 	@scripts/check
 	@scripts/test
 
-bench: install
-	.venv/bin/python bench/step_cost.py
+bench:
+	@DYART_SKIP_BROWSER=1 scripts/install
+	PYTHONPATH=. .venv/bin/python bench/step_cost.py
+	PYTHONPATH=. .venv/bin/python bench/robustness.py
 	.venv/bin/python bench/api_load.py
+	.venv/bin/python bench/benchmarks_md.py
