@@ -69,9 +69,11 @@ def create_job(
     config: dict[str, Any],
     name: str | None = None,
     max_attempts: int = 3,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A queued job for a resolved TrainConfig dict (flushed; commit, then send the task)."""
     job = Job(
+        idempotency_key=idempotency_key,
         id=new_id(),
         owner_id=owner.id,
         name=name,
@@ -86,6 +88,13 @@ def create_job(
     session.add(job)
     session.flush()
     return job
+
+
+def job_by_idempotency_key(session: Session, owner: User, key: str) -> Job | None:
+    """The owner's job submitted with ``key``, if any."""
+    return session.scalars(
+        select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == key)
+    ).first()
 
 
 def claim_job(

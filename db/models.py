@@ -105,6 +105,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_job_owner_id_created_at", "owner_id", "created_at"),
         Index("ix_job_status_created_at", "status", "created_at"),
+        Index("uq_job_owner_id_idempotency_key", "owner_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -134,6 +135,8 @@ class Job(Base):
         ForeignKey("job.id", ondelete="SET NULL")
     )
     versions: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # the client's Idempotency-Key of POST /jobs: a retried submission finds this job
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class JobMetric(Base):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_JOB, send_task
@@ -153,15 +154,69 @@ def _job_public(
     )
 
 
+IDEMPOTENCY_HELP = (
+    "Any 1-200 printable ASCII characters, new for each job you mean to create (a UUID). "
+    "A retry with the same key and the same request returns the job the first request "
+    "created (200) instead of creating another; the same key with a different request is 409."
+)
+
+
+def _check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not all(33 <= ord(c) <= 126 for c in key):
+        raise FieldsInvalidError(
+            [("Idempotency-Key", "Idempotency-Key: expected 1-200 printable ASCII characters")]
+        )
+    return key
+
+
+def _replay(session: Session, user: User, key: str, config: dict[str, Any], name: str | None):
+    """The job an earlier request with ``key`` created, if the requests agree; else 409."""
+    job = job_states.job_by_idempotency_key(session, user, key)
+    if job is not None and (job.config != config or job.name != name):
+        raise StateConflictError(
+            f"Idempotency-Key {key!r} was used for a different job request (job {job.id}); "
+            "use a new key for a new job"
+        )
+    return job
+
+
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-def create_job(body: JobCreate, request: Request, session: SessionDep, user: CurrentUser) -> Any:  # type: ignore[valid-type]
-    """Submit a training job; every field is checked against the catalog first."""
+def create_job(
+    body: JobCreate,  # type: ignore[valid-type]
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    user: CurrentUser,
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", description=IDEMPOTENCY_HELP
+    ),
+) -> Any:
+    """Submit a training job; every field is checked against the catalog first.
+
+    With an ``Idempotency-Key`` header, a retried submission (say, after a dropped
+    connection) returns the job the first one created, with status 200.
+    """
+    key = _check_idempotency_key(idempotency_key)
     config = validate_job_create(body, request.app.state.settings.data_dir)  # 422 if bad
     settings = request.app.state.settings
-    job = job_states.create_job(
-        session, user, config, name=body.name, max_attempts=settings.max_attempts
-    )
-    session.commit()  # the row exists before any worker can hear of it
+    if key is not None and (earlier := _replay(session, user, key, config, body.name)):
+        response.status_code = status.HTTP_200_OK
+        return job_public(session, earlier)
+    try:
+        job = job_states.create_job(
+            session, user, config, name=body.name, max_attempts=settings.max_attempts,
+            idempotency_key=key,
+        )  # fmt: skip
+        session.commit()  # the row exists before any worker can hear of it
+    except IntegrityError:  # the same key, committed by a concurrent request just now
+        session.rollback()
+        earlier = _replay(session, user, key, config, body.name) if key else None
+        if earlier is None:
+            raise
+        response.status_code = status.HTTP_200_OK
+        return job_public(session, earlier)
     send_task(request.app.state.celery, RUN_JOB, job.id)
     return job_public(session, job)
 

@@ -27,8 +27,15 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body } = {}) {
-  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+/** A fresh random key (hex) for an Idempotency-Key header; works without a secure context. */
+export function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export async function api(path, { method = "GET", body, extraHeaders = {} } = {}) {
+  const base = body ? { "Content-Type": "application/json" } : {};
+  const init = { method, headers: headers({ ...base, ...extraHeaders }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(BASE + path, init);
   const data = await response.json().catch(() => ({}));

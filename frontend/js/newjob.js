@@ -1,5 +1,5 @@
 // #/new: a job form generated from the catalog; shows the server's 422 messages per field.
-import { api } from "./api.js";
+import { api, newKey } from "./api.js";
 import { h, say } from "./dom.js";
 
 const slug = (field) => field.replace(/[^a-zA-Z0-9_-]/g, "-");
@@ -132,19 +132,31 @@ export async function newJobPage(main) {
   datasetSel.addEventListener("change", render);
   methodSel.addEventListener("change", render);
   render();
+  // One Idempotency-Key per distinct request: a retry of the same form (a dropped
+  // connection, a second click) finds the job the first attempt created.
+  let pending = null;
+  const submit = form.querySelector("button[type=submit]");
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    if (submit.disabled) return;
     form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
     form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
     form.querySelector("#form-errors").textContent = "";
+    const body = buildBody(form, catalog);
+    const text = JSON.stringify(body);
+    if (!pending || pending.text !== text) pending = { text, key: newKey() };
+    submit.disabled = true;
     try {
-      const job = await api("/jobs", { method: "POST", body: buildBody(form, catalog) });
+      const job = await api("/jobs", { method: "POST", body, extraHeaders: { "Idempotency-Key": pending.key } });
+      pending = null;
       say(`Job ${job.name || job.id} queued.`);
       location.hash = `#/jobs/${job.id}`;
     } catch (error) {
       if (error.status === 422) showErrors(form, error.detail);
       else form.querySelector("#form-errors").textContent = error.message;
       say("The job was not accepted; see the messages in the form.");
+    } finally {
+      submit.disabled = false;
     }
   });
   main.append(h("h1", {}, "New training job"), form);
