@@ -79,9 +79,17 @@ class FieldsInvalidError(ApiError):
 
     status = 422
 
+    MAX_REPORTED = 50  # a small request must not get a multi-megabyte answer
+
     def __init__(self, errors: list[tuple[str, str]]):
+        errors = list(errors)
+        if len(errors) > self.MAX_REPORTED:
+            more = len(errors) - self.MAX_REPORTED
+            errors = errors[: self.MAX_REPORTED] + [
+                ("body", f"body: {more} more invalid fields not listed; fix the ones above first")
+            ]
         super().__init__("; ".join(message for _, message in errors))
-        self.errors = list(errors)
+        self.errors = errors
 
     def detail(self) -> Any:
         return [{"field": f, "message": m} for f, m in self.errors]

@@ -424,10 +424,10 @@ def check_value(param: Param, value: Any, where: str) -> tuple[Any, str | None]:
 def _check_number(param: Param, value: Any, where: str, kind: type) -> tuple[Any, str | None]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value, f"{where}: expected a number, got {value!r}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return value, f"{where}: expected a finite number, got {value!r}"
     if kind is int and value != int(value):
         return value, f"{where}: expected an integer, got {value!r}"
-    if kind is float and not math.isfinite(value):
-        return value, f"{where}: expected a finite number, got {value!r}"
     value = kind(value)
     if param.min is not None and value < param.min:
         return value, f"{where}: {value} is below the minimum {param.min}"

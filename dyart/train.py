@@ -443,7 +443,10 @@ class Trainer:
                 )
         model = self._build_model()
         model.load_state_dict(state["ema"])  # fails loudly if the shapes differ
-        shutil.copyfile(source, self.out_dir / "burn_in.pt")
+        with open(source, "rb") as src:  # complete or absent, never a truncated copy
+            checkpoint.atomic_write(
+                self.out_dir / "burn_in.pt", lambda f: shutil.copyfileobj(src, f)
+            )
 
     def _model_path(self, kind: str) -> Path:
         return self.out_dir / f"model-{kind}.safetensors"

@@ -124,3 +124,20 @@ def test_create_evaluation_rejects_eps_out_of_range(client, make_job):
     response = client().post(f"/api/v1/jobs/{job['id']}/evaluations", json={"eps": [1.5]})
     [(field, message)] = _errors(response)
     assert field == "eps.0" and "less than or equal to 1" in message
+
+
+def test_thousands_of_bad_fields_get_a_bounded_answer(client):
+    body = {"dataset": "digits", "architecture": "mlp", "method": "clean"}
+    body.update({f"junk_{i}": 1 for i in range(5000)})
+    response = client().post("/api/v1/jobs", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert len(detail) == 51 and detail[0] == {
+        "field": "junk_0",
+        "message": "unknown field 'junk_0'",
+    }
+    assert detail[-1] == {
+        "field": "body",
+        "message": "body: 4950 more invalid fields not listed; fix the ones above first",
+    }
+    assert len(response.content) < 10_000

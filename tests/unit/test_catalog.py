@@ -1,5 +1,7 @@
 """The catalog: defaults per dataset, validation messages naming the field."""
 
+import math
+
 import pytest
 
 from dyart import catalog
@@ -84,3 +86,14 @@ def test_public_catalog_is_json_ready():
 
     text = json.dumps(catalog.public_catalog())
     assert '"dyart"' in text and '"wide_resnet_28_10_silu"' in text
+
+
+def test_non_finite_numbers_are_refused_for_every_numeric_field():
+    spec = {"dataset": "digits", "architecture": "mlp", "method": "dyart"}
+    for field, value in [("epochs", math.inf), ("lr", math.nan), ("batch_size", -math.inf)]:
+        _, errors = catalog.validate_job({**spec, field: value})
+        assert errors == [(field, f"{field}: expected a finite number, got {value!r}")]
+    _, errors = catalog.validate_job({**spec, "hparams": {"iterations": math.inf}})
+    assert errors == [
+        ("hparams.iterations", "hparams.iterations: expected a finite number, got inf")
+    ]
