@@ -110,3 +110,29 @@ def requeue_stale_evaluations(
             requeued.append(evaluation_id)
     session.commit()
     return requeued
+
+
+def queued_evaluations_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
+    """Queued evaluations whose task went out over ``resend_after`` seconds ago (stamped now).
+
+    An evaluation whose task the broker never got (it was down when the API sent
+    it, or lost it) would otherwise wait forever.
+    """
+    cutoff = now - timedelta(seconds=resend_after)
+    ids = list(
+        session.scalars(
+            select(Evaluation.id).where(
+                Evaluation.status == "queued",
+                or_(Evaluation.sent_at < cutoff, Evaluation.sent_at.is_(None)),
+            )
+        )
+    )
+    if ids:
+        session.execute(
+            update(Evaluation)
+            .where(Evaluation.id.in_(ids), Evaluation.status == "queued")
+            .values(sent_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return ids

@@ -6,8 +6,9 @@ Every ``sweep_seconds`` it
   (their worker died; the job resumes from its latest checkpoint), or fails
   them once they have used ``max_attempts``;
 * does the same for evaluations;
-* sends again the task of any job still queued ``resend_after_seconds`` after
-  its task went out (the broker was down when the API sent it, or lost it).
+* sends again the task of any job or evaluation still queued
+  ``resend_after_seconds`` after its task went out (the broker was down when
+  the API sent it, or lost it).
 
 Several workers may sweep at once: each change is a conditional UPDATE, so a
 job is requeued once, and a task sent twice finds the lease and exits.
@@ -41,9 +42,12 @@ def sweep_once(session: Any, app: Celery, settings: Settings) -> dict[str, list[
     stale_evaluations = evaluations.requeue_stale_evaluations(
         session, now, settings.stale_after_seconds, settings.max_attempts
     )
+    stale_evaluations += evaluations.queued_evaluations_to_resend(
+        session, now, settings.resend_after_seconds
+    )
     for job_id in dict.fromkeys(stale + unsent):
         app.send_task(RUN_JOB, args=[job_id])
-    for evaluation_id in stale_evaluations:
+    for evaluation_id in dict.fromkeys(stale_evaluations):
         app.send_task(RUN_EVALUATION, args=[evaluation_id])
     if stale or unsent or stale_evaluations:
         log.warning(

@@ -12,7 +12,7 @@ from api.errors import StateConflictError
 from api.routes import API_PREFIX, AUTHED_ERRORS
 from api.routes.catalog import FULL_TEST_SIZE
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
-from db.models import Checkpoint, Evaluation, Job
+from db.models import Checkpoint, Evaluation, Job, utcnow
 
 router = APIRouter(prefix=API_PREFIX, tags=["evaluations"], responses=AUTHED_ERRORS)
 
@@ -93,6 +93,7 @@ def create_evaluation(
         norm=norm,
         eps=list(body.eps),
         results=[],
+        sent_at=utcnow(),
     )
     session.add(evaluation)
     session.commit()

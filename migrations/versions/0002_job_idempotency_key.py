@@ -1,4 +1,5 @@
-"""jobs remember the client's Idempotency-Key, so a retried POST /jobs finds its job
+"""jobs remember the client's Idempotency-Key (a retried POST /jobs finds its job);
+evaluations remember when their task was sent (the sweep sends a lost one again)
 
 Revision ID: 0002
 Revises: 0001
@@ -22,9 +23,13 @@ def upgrade() -> None:
     op.create_index(
         "uq_job_owner_id_idempotency_key", "job", ["owner_id", "idempotency_key"], unique=True
     )
+    with op.batch_alter_table("evaluation") as batch:
+        batch.add_column(sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("evaluation") as batch:
+        batch.drop_column("sent_at")
     op.drop_index("uq_job_owner_id_idempotency_key", table_name="job")
     with op.batch_alter_table("job") as batch:
         batch.drop_column("idempotency_key")

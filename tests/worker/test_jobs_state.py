@@ -211,3 +211,21 @@ def test_evaluation_lease_is_exclusive_and_stale_ones_requeue(session_factory, j
         assert evaluations.finish_evaluation(session, eid, "b", "succeeded", results=[{"eps": 0.1}])
         row = session.get(Evaluation, eid)
         assert (row.status, row.attempts, row.lease_owner) == ("succeeded", 2, None)
+
+
+def test_queued_evaluations_are_sent_again_only_after_the_delay(session_factory, job_id):
+    from db import evaluations
+    from db.models import Evaluation
+
+    now = utcnow()
+    with session_factory() as session:
+        row = Evaluation(
+            job_id=job_id, status="queued", preset="fast", n=10, eps=[0.1], sent_at=now
+        )
+        running = Evaluation(job_id=job_id, status="running", preset="fast", n=10, eps=[0.1])
+        session.add_all([row, running])
+        session.commit()
+        later = now + timedelta(seconds=301)
+        assert evaluations.queued_evaluations_to_resend(session, now, 300) == []
+        assert evaluations.queued_evaluations_to_resend(session, later, 300) == [row.id]
+        assert evaluations.queued_evaluations_to_resend(session, later, 300) == []  # stamped
