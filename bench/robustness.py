@@ -67,16 +67,26 @@ def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
 
 
 def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) -> dict:
-    """Burn-in (or reuse the shared one), then the method; returns the timings."""
+    """Burn-in (or reuse the shared one), then the method; returns the timings.
+
+    A method already trained in ``work_dir`` (its ``bench_row.json`` is there) is
+    not trained again: its row, with the training times measured then, is reused,
+    so a later run can evaluate at other eps or on more images.
+    """
     config = base_config(args, method)
     out = Path(args.work_dir) / method
+    cached = out / "bench_row.json"
+    if cached.is_file():
+        row = json.loads(cached.read_text())
+        if _training_part(row["config"]) == _training_part(config.to_dict()):
+            return {**row, "config": config.to_dict(), "results": {}}
     trainer = Trainer(config, out, device=args.device, init_from=burn_in)
     started = time.perf_counter()
     trainer.run(("burn_in",))
     burn_seconds = time.perf_counter() - started
     started = time.perf_counter()
     trainer.run(("burn_in", "train"))
-    return {
+    row = {
         "method": method,
         "config": config.to_dict(),
         "burn_in_seconds": burn_seconds,
@@ -84,6 +94,13 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
         "out_dir": str(out),
         "results": {},  # eps -> AutoAttack row
     }
+    cached.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _training_part(config: dict) -> dict:
+    """The fields that decide what was trained (not how it is evaluated)."""
+    return {k: v for k, v in config.items() if not k.startswith("eval_")}
 
 
 def evaluate_method(args: argparse.Namespace, row: dict, eps: float) -> None:
@@ -127,7 +144,9 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         "L-inf. Each method: the shared clean burn-in, then the method from the burn-in's "
         "EMA weights; the evaluated model is the best checkpoint's EMA model (by validation "
         "PGD-CW accuracy). Train time is the method stage only (the burn-in of "
-        f'{first["burn_in_seconds"]:.0f} s is shared). "pending": not evaluated yet.\n\n'
+        f'{max(r["burn_in_seconds"] for r in rows):.0f} s is shared). "pending": not evaluated '
+        "yet. Training times are wall times on a machine shared with other work whose load "
+        "changed during the run; bench/step_cost.py compares the methods' costs properly.\n\n"
         + head
         + "".join(lines)
         + "\nAccuracy after each attack (in AutoAttack's order) and evaluation time:\n\n"
