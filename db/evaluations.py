@@ -119,20 +119,17 @@ def queued_evaluations_to_resend(session: Session, now: datetime, resend_after: 
     it, or lost it) would otherwise wait forever.
     """
     cutoff = now - timedelta(seconds=resend_after)
+    due = or_(Evaluation.sent_at < cutoff, Evaluation.sent_at.is_(None))
+    # one conditional UPDATE ... RETURNING: of several workers sweeping at once, only
+    # the one whose update stamps a row sends it again
     ids = list(
         session.scalars(
-            select(Evaluation.id).where(
-                Evaluation.status == "queued",
-                or_(Evaluation.sent_at < cutoff, Evaluation.sent_at.is_(None)),
-            )
-        )
-    )
-    if ids:
-        session.execute(
             update(Evaluation)
-            .where(Evaluation.id.in_(ids), Evaluation.status == "queued")
+            .where(Evaluation.status == "queued", due)
             .values(sent_at=now)
+            .returning(Evaluation.id)
             .execution_options(synchronize_session=False)
         )
+    )
     session.commit()
     return ids

@@ -337,20 +337,18 @@ def _stale_outcome(
 def queued_jobs_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
     """Queued jobs whose task went out over ``resend_after`` seconds ago (stamped now)."""
     cutoff = now - timedelta(seconds=resend_after)
+    due = or_(Job.sent_at < cutoff, Job.sent_at.is_(None))
+    # one conditional UPDATE ... RETURNING: of several workers sweeping at once, only
+    # the one whose update stamps a row sends it again
     ids = list(
         session.scalars(
-            select(Job.id).where(
-                Job.status == "queued", or_(Job.sent_at < cutoff, Job.sent_at.is_(None))
-            )
-        )
-    )
-    if ids:
-        session.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == "queued")
+            .where(Job.status == "queued", due)
             .values(sent_at=now)
+            .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
+    )
     session.commit()
     return ids
 
