@@ -16,6 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.jobs import JobStateError
@@ -142,6 +144,33 @@ async def _config_invalid(request: Request, exc: ConfigErrors) -> JSONResponse:
     return await _api_error(request, FieldsInvalidError(exc.errors))
 
 
+DATABASE_RETRY_SECONDS = 5
+
+
+def _database_down(exc: Exception) -> bool:
+    """Is ``exc`` the database being unreachable or busy (not a bug in a query)?"""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 while the database cannot be reached; any other database error is a bug (500)."""
+    if not _database_down(exc):
+        raise exc
+    first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+    log.warning(
+        "database unavailable on %s %s: %s: %s",
+        request.method, request.url.path, type(exc).__name__, " ".join(first_line),
+    )  # fmt: skip
+    detail = (
+        "database unavailable: the service cannot reach its database right now; "
+        f"try again in {DATABASE_RETRY_SECONDS} seconds"
+    )
+    headers = {"Retry-After": str(DATABASE_RETRY_SECONDS)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
 async def _state_conflict(request: Request, exc: JobStateError) -> JSONResponse:
     return await _api_error(request, StateConflictError(str(exc)))
 
@@ -233,5 +262,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(ConfigErrors, _config_invalid)
     app.add_exception_handler(JobStateError, _state_conflict)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(InternalErrorMiddleware)

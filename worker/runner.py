@@ -14,6 +14,9 @@ once a second). Outcomes:
                                         the traceback in the job's log
 * the lease lost (another worker took the job after this one went silent)
                                       -> stop at once, write nothing more, save nothing.
+* the database unreachable (a restart) -> wait for it (up to ``lease_seconds``), then
+                                        queue the job again, its attempt given back; it
+                                        resumes from its latest checkpoint
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import platform
 import shutil
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -32,6 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import evaluations, jobs
@@ -44,6 +50,7 @@ from worker.progress import DbCallback, LeaseLostError, close_job_evaluations
 
 log = logging.getLogger("worker")
 SHUTDOWN = threading.Event()  # set by a warm shutdown of this worker (worker.app)
+DATABASE_DOWN = (OperationalError, InterfaceError)  # SQLAlchemy's "cannot reach it" errors
 
 
 @lru_cache(maxsize=4)
@@ -114,14 +121,17 @@ def run_job(job_id: str) -> dict[str, Any]:
 
         app.send_task("worker.run_job", args=[job_id])
         return {"skipped": "this worker is shutting down; task sent again", "job_id": job_id}
-    with factory() as session:
-        if not jobs.claim_job(session, job_id, me, settings.lease_seconds):
-            return _skipped(session, job_id)
-        job = session.get(Job, job_id)
-        config, attempts = dict(job.config), job.attempts
-        job.versions = software_versions()
-        jobs.add_log(session, job_id, f"attempt {attempts} started on worker {me}")
-        session.commit()
+    try:
+        with factory() as session:
+            if not jobs.claim_job(session, job_id, me, settings.lease_seconds):
+                return _skipped(session, job_id)
+            job = session.get(Job, job_id)
+            config, attempts = dict(job.config), job.attempts
+            job.versions = software_versions()
+            jobs.add_log(session, job_id, f"attempt {attempts} started on worker {me}")
+            session.commit()
+    except DATABASE_DOWN as exc:
+        return _claim_failed(factory, job_id, exc, settings)
     renew = _renewer(factory, jobs.renew_lease, job_id, me, settings.lease_seconds)
     keeper = LeaseKeeper(renew, settings.heartbeat_seconds)
     keeper.start()
@@ -129,6 +139,85 @@ def run_job(job_id: str) -> dict[str, Any]:
         return _train(job_id, config, settings, factory, keeper, me)
     finally:
         keeper.stop()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+
+
+def _wait_for_database(factory: sessionmaker[Session], timeout: float) -> tuple[bool, bool]:
+    """Poll the database once a second for up to ``timeout`` seconds.
+
+    Returns ``(answers, was_down)``: whether it answers now, and whether it failed
+    to answer at least once (an outage, not an error of one statement).
+    """
+    deadline, was_down = time.monotonic() + timeout, False
+    while True:
+        try:
+            with factory() as session:
+                session.execute(text("SELECT 1"))
+            return True, was_down
+        except DATABASE_DOWN:
+            was_down = True
+            if time.monotonic() >= deadline:
+                return False, was_down
+            time.sleep(1.0)
+
+
+def _outage(exc: BaseException, was_down: bool) -> bool:
+    """The database went away (not a statement that fails every time, like a timeout)."""
+    return was_down or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _claim_failed(
+    factory: sessionmaker[Session], job_id: str, exc: BaseException, settings: Settings
+) -> dict[str, Any]:
+    """The database did not answer the claim: send the task again once it is back.
+
+    Without this the message would be consumed and the job would wait for the
+    sweep's ``resend_after_seconds``.
+    """
+    log.warning("job %s: database error at claim (%s); checking it", job_id, _first_line(exc))
+    answers, was_down = _wait_for_database(factory, settings.lease_seconds)
+    if not answers:
+        reason = "database unreachable; the sweep sends the job again once it is back"
+        return {"skipped": reason, "job_id": job_id}
+    if not _outage(exc, was_down):
+        raise exc
+    from worker.app import app
+
+    app.send_task("worker.run_job", args=[job_id])
+    return {"skipped": "database was unreachable at claim; task sent again", "job_id": job_id}
+
+
+def _database_lost(
+    factory: sessionmaker[Session], job_id: str, me: str, exc: BaseException, settings: Settings
+) -> dict[str, Any] | None:
+    """Training stopped because the database went away: requeue the job once it is back.
+
+    The job's files are intact (its state is saved at every epoch end); nothing
+    was wrong with the job, so it goes back to the queue with its attempt given
+    back and resumes from its latest checkpoint. If the database stays away past
+    the lease, the sweep requeues the job when it returns (an attempt counted).
+    None if the database answers at once and its connection was not lost: the
+    error was of one statement, and the job fails like any other error.
+    """
+    reason = _first_line(exc)
+    log.warning("job %s: database error during training (%s); checking it", job_id, reason)
+    answers, was_down = _wait_for_database(factory, settings.lease_seconds)
+    if not answers:
+        log.warning("job %s: database still unreachable; the sweep will requeue the job", job_id)
+        return {"job_id": job_id, "status": "database_unreachable"}
+    if not _outage(exc, was_down):
+        return None  # the database answers: an error like any other
+    message = (
+        f"database connection lost during training ({type(exc).__name__}); "
+        "job queued again, it resumes from its latest checkpoint"
+    )
+    try:
+        return _hand_over(factory, job_id, me, message, "WARNING")
+    except DATABASE_DOWN:  # gone again: the sweep takes over
+        return {"job_id": job_id, "status": "database_unreachable"}
 
 
 def _skipped(session: Session, job_id: str) -> dict[str, Any]:
@@ -170,6 +259,10 @@ def _train(
     except DyartError as exc:
         return _end(factory, job_id, me, "failed", str(exc))
     except Exception as exc:
+        if isinstance(exc, DATABASE_DOWN):
+            lost = _database_lost(factory, job_id, me, exc, settings)
+            if lost is not None:
+                return lost
         error = f"internal error: {type(exc).__name__}: {exc}"
         if _disk_full(exc, store.root, store.root / "jobs" / job_id):
             error = (
@@ -344,13 +437,20 @@ def _autoattack(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     }
 
 
-def _hand_over(factory: sessionmaker[Session], job_id: str, me: str) -> dict[str, Any]:
-    """This worker is shutting down: queue the saved job again for another worker."""
+def _hand_over(
+    factory: sessionmaker[Session],
+    job_id: str,
+    me: str,
+    message: str = "worker shutting down: state saved, job queued again",
+    level: str = "INFO",
+) -> dict[str, Any]:
+    """Queue the saved job again for another worker (its attempt not counted)."""
     with factory() as session:
-        if jobs.release_job(session, job_id, me):
-            jobs.add_log(session, job_id, "worker shutting down: state saved, job queued again")
-            session.commit()
-            from worker.app import app
+        if not jobs.release_job(session, job_id, me):
+            return {"job_id": job_id, "status": "lease_lost"}
+        jobs.add_log(session, job_id, message, level)
+        session.commit()
+    from worker.app import app
 
-            app.send_task("worker.run_job", args=[job_id])
+    app.send_task("worker.run_job", args=[job_id])
     return {"job_id": job_id, "status": "handed_over"}

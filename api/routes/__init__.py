@@ -14,6 +14,7 @@ _ERRORS: dict[int, dict[str, Any]] = {
     413: {"model": ErrorPublic, "description": "request body over the limit"},
     416: {"model": ErrorPublic, "description": "Range outside the file"},
     422: {"model": FieldErrorsPublic, "description": "invalid fields, each named"},
+    503: {"model": ErrorPublic, "description": "database unreachable; retry after Retry-After"},
 }
 
 
@@ -23,4 +24,4 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every route that needs a token and may read a body or an id.
-AUTHED_ERRORS = error_responses(401, 404, 409, 413, 422)
+AUTHED_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
