@@ -2,7 +2,8 @@
 
 ``Stack`` owns everything it starts (API, workers, its own redis-server), each in
 its own process group, and ends only those. The database is SQLite in the home or
-a fresh Postgres database on 127.0.0.1:5432 (dropped at the end); the broker is
+a fresh Postgres database on 127.0.0.1:5432 (dropped at the end) or a private
+Postgres cluster of the script's own (:class:`PrivatePostgres`); the broker is
 the serverless SQLite one or a redis-server on a port of its own, never the
 machine's shared Redis. Jobs are tiny (digits + MLP, 1 burn-in epoch, 2 epochs).
 """
@@ -48,6 +49,12 @@ TIMINGS = {
     "DYART_STALE_AFTER_SECONDS": "6",
     "DYART_SWEEP_SECONDS": "1",
     "DYART_RESEND_AFTER_SECONDS": "20",
+}
+PRODUCTION_TIMINGS = {  # the service's defaults (db/settings.py)
+    "DYART_HEARTBEAT_SECONDS": "5",
+    "DYART_STALE_AFTER_SECONDS": "60",
+    "DYART_SWEEP_SECONDS": "10",
+    "DYART_RESEND_AFTER_SECONDS": "300",
 }
 _RESULT = re.compile(r"Task worker\.run_job\[[^\]]+\] succeeded in [\d.]+s: (\{.*\})")
 
@@ -121,6 +128,70 @@ def start_redis(port: int, log: Path) -> Proc:
 
     wait(up, f"redis-server on {port}", 30)
     return proc
+
+
+class PrivatePostgres:
+    """A Postgres cluster of our own in a temporary folder, on ``port`` (never 5432).
+
+    ``initdb`` into the folder, ``pg_ctl start``/``stop`` on it; a fault script may
+    stop it (``mode="immediate"`` is a crash: no checkpoint, connections cut) and
+    start it again. As root, every command runs as the ``postgres`` user, who owns
+    the folder. ``close()`` stops it and removes the folder.
+    """
+
+    def __init__(self, port: int = 5499, options: tuple[str, ...] = ()):
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not binaries:
+            raise RuntimeError("no Postgres server binaries under /usr/lib/postgresql/*/bin")
+        self.bin, self.port, self.options = binaries[-1].parent, port, options
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"port {port} is taken: pick another with --pg-port")
+        self.root = Path(tempfile.mkdtemp(prefix="dyart-pg-"))
+        self.data, self.log = self.root / "data", self.root / "postgres.log"
+        self.root.chmod(0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                  "-E", "UTF8", "--no-sync")  # fmt: skip
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        out = subprocess.run(command, cwd=self.root, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stderr or out.stdout}")
+        return out
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+        opts += " ".join(f"-c {o}" for o in self.options)
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").is_file()
+
+    def create_database(self, name: str) -> str:
+        """A new database ``name``; its SQLAlchemy URL."""
+        import psycopg
+
+        dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        if self.running():
+            try:
+                self.stop("immediate")
+            except RuntimeError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 SEED = """
@@ -204,12 +275,14 @@ class Stack:
                 raise RuntimeError(f"the API exited:\n{self.api.output()[-3000:]}") from None
             return False
 
-    def start_worker(self) -> Proc:
+    def start_worker(self, launcher: list[str] | None = None, **env: str) -> Proc:
+        """A solo-pool worker; ``launcher`` replaces ``python -m celery`` (fault injection)."""
         name = f"w{len(self.workers)}{uuid.uuid4().hex[:4]}"
-        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
+        command = launcher or [sys.executable, "-m", "celery"]
+        command = [*command, "-A", "worker.app", "worker"]
         command += ["--concurrency=1", "--pool=solo", "--loglevel=INFO", "--without-mingle"]
         command += ["--without-gossip", f"--hostname={name}@%h"]
-        worker = Proc(command, self.env, self.home / f"worker-{name}.log")
+        worker = Proc(command, {**self.env, **env}, self.home / f"worker-{name}.log")
         wait(lambda: " ready." in worker.output(), f"worker {name}", 120)
         self.workers.append(worker)
         return worker
