@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from db.jobs import stamp_queued_to_resend
 from db.models import Evaluation, utcnow
 
 
@@ -118,18 +119,4 @@ def queued_evaluations_to_resend(session: Session, now: datetime, resend_after: 
     An evaluation whose task the broker never got (it was down when the API sent
     it, or lost it) would otherwise wait forever.
     """
-    cutoff = now - timedelta(seconds=resend_after)
-    due = or_(Evaluation.sent_at < cutoff, Evaluation.sent_at.is_(None))
-    # one conditional UPDATE ... RETURNING: of several workers sweeping at once, only
-    # the one whose update stamps a row sends it again
-    ids = list(
-        session.scalars(
-            update(Evaluation)
-            .where(Evaluation.status == "queued", due)
-            .values(sent_at=now)
-            .returning(Evaluation.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    session.commit()
-    return ids
+    return stamp_queued_to_resend(session, Evaluation, now, resend_after)

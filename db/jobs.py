@@ -334,23 +334,33 @@ def _stale_outcome(
     return {"status": "queued", "sent_at": now}, message
 
 
-def queued_jobs_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
-    """Queued jobs whose task went out over ``resend_after`` seconds ago (stamped now)."""
+def stamp_queued_to_resend(
+    session: Session, model: type[Any], now: datetime, resend_after: float
+) -> list[str]:
+    """Ids of queued ``model`` rows (jobs or evaluations) whose task went out over
+    ``resend_after`` seconds ago, stamped ``sent_at = now`` in the same statement.
+
+    One conditional UPDATE ... RETURNING: of several workers sweeping at once, only
+    the one whose update stamps a row sends it again.
+    """
     cutoff = now - timedelta(seconds=resend_after)
-    due = or_(Job.sent_at < cutoff, Job.sent_at.is_(None))
-    # one conditional UPDATE ... RETURNING: of several workers sweeping at once, only
-    # the one whose update stamps a row sends it again
+    due = or_(model.sent_at < cutoff, model.sent_at.is_(None))
     ids = list(
         session.scalars(
-            update(Job)
-            .where(Job.status == "queued", due)
+            update(model)
+            .where(model.status == "queued", due)
             .values(sent_at=now)
-            .returning(Job.id)
+            .returning(model.id)
             .execution_options(synchronize_session=False)
         )
     )
     session.commit()
     return ids
+
+
+def queued_jobs_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
+    """Queued jobs whose task went out over ``resend_after`` seconds ago (stamped now)."""
+    return stamp_queued_to_resend(session, Job, now, resend_after)
 
 
 def is_final(status: str) -> bool:
