@@ -44,6 +44,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-n", type=int, default=2000, help="test images (2,000 = all)")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--preset", default="standard")
+    p.add_argument(
+        "--eps-ramp", type=float, default=0.3,
+        help="baselines: fraction of training over which the attack eps rises from 0",
+    )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--work-dir", default="/tmp/dyart-bench-robustness")
     p.add_argument("--results", default="bench/results/robustness.md")
@@ -60,9 +64,13 @@ def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
         spec["epochs"] = args.epochs
     if args.burn_in_epochs is not None:
         spec["burn_in_epochs"] = args.burn_in_epochs
-    if method != "dyart":
-        # ALGORITHM.md §6: baselines use the same optimizer, EMA and schedule, no clipping
+    if method == "clean":
         spec.update(method=method, grad_clip=0.0, hparams={})
+    elif method != "dyart":
+        # ALGORITHM.md §6: baselines use the same optimizer, EMA and schedule, no
+        # clipping; on MNIST at eps 0.3 they need an eps warm-up, or they collapse to
+        # predicting one class within the first epoch
+        spec.update(method=method, grad_clip=0.0, hparams={"eps_ramp": args.eps_ramp})
     return TrainConfig.from_dict(spec)
 
 

@@ -274,6 +274,14 @@ _ATTACK = (
     Param("eps", "float", None, "attack radius (L-inf, pixel scale)", 0.0, 1.0, eps_scale=1.0),
     Param("step_size", "float", None, "PGD step size", 0.0, 1.0, eps_scale=0.25),
     Param("steps", "int", 10, "PGD iterations", 1, 200),
+    Param(
+        "eps_ramp",
+        "float",
+        0.0,
+        "fraction of training over which eps and step size rise linearly from 0",
+        0.0,
+        1.0,
+    ),
 )
 
 METHODS: dict[str, MethodCard] = {

@@ -224,7 +224,9 @@ class Trainer:
             run.sums = None
         sums = MetricSums(self.device, run.sums)
         started = time.perf_counter() - run.seconds
+        total_steps = run.epochs * len(run.loader)
         for x, y in _progress(run, iter(run.loader)):
+            run.method.progress = (run.step + 1) / total_steps  # for an eps warm-up
             loss, metrics = run.method(run.model, x, y)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()

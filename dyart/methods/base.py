@@ -30,6 +30,21 @@ class Method:
 
     def __init__(self, **hparams: Any):
         self.hparams = dict(hparams)
+        # fraction of the stage's optimizer steps done, counting the current one; the
+        # trainer sets it before each step (1.0 when a method is called on its own)
+        self.progress = 1.0
+
+    def attack_radius(self) -> tuple[float, float]:
+        """The attack's (eps, step_size) at the current progress.
+
+        With ``eps_ramp`` r > 0 both rise linearly from 0 and reach their set values
+        after the first fraction r of training (an eps warm-up: PGD training at a large
+        eps from the first step can collapse to a constant prediction).
+        """
+        h = self.hparams
+        ramp = h.get("eps_ramp", 0.0)
+        scale = 1.0 if ramp <= 0 else min(1.0, self.progress / ramp)
+        return h["eps"] * scale, h["step_size"] * scale
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)

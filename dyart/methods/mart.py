@@ -36,6 +36,7 @@ class MART(Method):
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.hparams
+        eps, step_size = self.attack_radius()
         logits = model(x)
         check_ranges(x, y, logits.shape[1])
         with eval_mode(model):
@@ -43,8 +44,8 @@ class MART(Method):
                 model,
                 x,
                 y,
-                eps=h["eps"],
-                step_size=h["step_size"],
+                eps=eps,
+                step_size=step_size,
                 steps=h["steps"],
                 loss="ce",
                 random_start="normal",

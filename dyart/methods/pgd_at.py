@@ -29,6 +29,7 @@ class PGDAT(Method):
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.hparams
+        eps, step_size = self.attack_radius()
         with eval_mode(model), torch.no_grad():
             clean_logits = model(x)
         check_ranges(x, y, clean_logits.shape[1])
@@ -37,8 +38,8 @@ class PGDAT(Method):
                 model,
                 x,
                 y,
-                eps=h["eps"],
-                step_size=h["step_size"],
+                eps=eps,
+                step_size=step_size,
                 steps=h["steps"],
                 loss="ce",
                 random_start=h["random_start"],

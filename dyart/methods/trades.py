@@ -35,6 +35,7 @@ class TRADES(Method):
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.hparams
+        eps, step_size = self.attack_radius()
         with eval_mode(model):
             with torch.no_grad():
                 target = model(x)
@@ -43,8 +44,8 @@ class TRADES(Method):
                 model,
                 x,
                 y,
-                eps=h["eps"],
-                step_size=h["step_size"],
+                eps=eps,
+                step_size=step_size,
                 steps=h["steps"],
                 loss="kl",
                 random_start="normal",

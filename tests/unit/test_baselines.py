@@ -102,3 +102,31 @@ def test_attack_leaves_batch_norm_statistics_to_the_loss_passes(name):
     passes = {"pgd_at": 1, "trades": 2, "mart": 2}[name]
     assert model[1].num_batches_tracked.item() == passes
     assert 0 <= metrics["robust_acc"].item() <= 1
+
+
+def test_eps_ramp_scales_eps_and_step_size_with_progress():
+    method = get_method("pgd_at", dataset="mnist10k", eps_ramp=0.5)
+    assert method.hparams["eps"] == pytest.approx(0.3)
+    for progress, scale in ((0.1, 0.2), (0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        method.progress = progress
+        eps, step = method.attack_radius()
+        assert eps == pytest.approx(0.3 * scale)
+        assert step == pytest.approx(0.075 * scale)
+    plain = get_method("pgd_at", dataset="mnist10k")
+    plain.progress = 0.01
+    assert plain.attack_radius() == pytest.approx((0.3, 0.075))
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "trades", "mart"])
+def test_a_ramped_step_is_the_step_at_the_smaller_eps(name):
+    """Early in the warm-up the method trains exactly as at the scaled-down eps."""
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 4, (6,))
+    losses = []
+    for ramp, eps, progress in ((0.5, 0.2, 0.1), (0.0, 0.04, 1.0), (0.0, 0.2, 1.0)):
+        model = bn_model()
+        method = get_method(name, dataset="synthetic", eps=eps, step_size=eps / 4, eps_ramp=ramp)
+        method.progress = progress
+        torch.manual_seed(2)
+        losses.append(method(model, x, y)[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert losses[0] != pytest.approx(losses[2], rel=1e-3)

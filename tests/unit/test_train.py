@@ -12,6 +12,7 @@ from dyart.callbacks import ROW_KEYS, Callback
 from dyart.config import TrainConfig
 from dyart.errors import CheckpointError, ConfigError, NonFiniteLossError
 from dyart.methods.clean import Clean
+from dyart.methods.pgd_at import PGDAT
 from dyart.train import Trainer
 
 
@@ -176,3 +177,24 @@ def test_unknown_stage_and_oversized_batch_are_refused(tmp_path):
         Trainer(_config(), tmp_path, device="cpu").run(("burn_in", "polish"))
     with pytest.raises(ConfigError, match="batch_size"):
         Trainer(_config(batch_size=4096), tmp_path, device="cpu").run()
+
+
+def test_the_trainer_tells_the_method_its_progress_for_the_eps_warm_up(tmp_path, monkeypatch):
+    seen = []
+    original = PGDAT.step
+
+    def spy(self, model, x, y):  # records what the trainer set before each step
+        seen.append((self.progress, self.attack_radius()[0]))
+        return original(self, model, x, y)
+
+    monkeypatch.setattr(PGDAT, "step", spy)
+    config = _config(
+        method="pgd_at", burn_in_epochs=0, eval_eps=[], hparams={"eps_ramp": 0.5, "steps": 1}
+    )
+    Trainer(config, tmp_path, device="cpu").run()
+    steps = len(seen)
+    assert steps > 4
+    assert [p for p, _ in seen] == pytest.approx([(i + 1) / steps for i in range(steps)])
+    eps = [e for _, e in seen]
+    assert eps == sorted(eps) and eps[0] < 0.5 * eps[-1]
+    assert eps[steps // 2 :] == pytest.approx([eps[-1]] * (steps - steps // 2))
