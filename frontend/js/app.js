@@ -1,6 +1,6 @@
 // Entry point: token box, hash router, page lifecycle.
 import { api, getToken, setToken } from "./api.js";
-import { say } from "./dom.js";
+import { clearStaleNotice, say } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { newJobPage } from "./newjob.js";
 import { detailPage } from "./detail.js";
@@ -24,6 +24,7 @@ function pageFor({ parts }) {
 async function route() {
   if (cleanup) cleanup();
   cleanup = null;
+  clearStaleNotice();
   const main = document.getElementById("app");
   main.replaceChildren();
   const hash = parseHash();

@@ -38,7 +38,16 @@ export function progressBar(job, label) {
   return h("progress", { max: 100, value, "aria-label": label || `progress of ${job.name}` }, `${value}%`);
 }
 
-export function say(message) {
+// The status line's notice belongs to one page: the one it was said on, or the one
+// given (a submission's notice is for the job page it opens). Leaving it clears it.
+let noticePage = null;
+
+export function say(message, page = location.hash) {
   const line = document.getElementById("status");
   if (line) line.textContent = message;
+  noticePage = message ? page : null;
+}
+
+export function clearStaleNotice() {
+  if (noticePage !== null && noticePage !== location.hash) say("");
 }

@@ -149,7 +149,7 @@ export async function newJobPage(main) {
     try {
       const job = await api("/jobs", { method: "POST", body, extraHeaders: { "Idempotency-Key": pending.key } });
       pending = null;
-      say(`Job ${job.name || job.id} queued.`);
+      say(`Job ${job.name || job.id} queued.`, `#/jobs/${job.id}`);
       location.hash = `#/jobs/${job.id}`;
     } catch (error) {
       if (error.status === 422) showErrors(form, error.detail);

@@ -83,6 +83,7 @@ def submit_and_watch(page, problems, shots: Path) -> str:
     page.fill("#field-epochs", "3")
     page.click("#job-form button[type=submit]")
     page.wait_for_url(re.compile(r"#/jobs/[0-9a-zA-Z-]+$"))
+    assert "queued" in page.locator("#status").inner_text()  # the notice follows the job
     page.locator("#summary progress").wait_for()
     start_progress = int_attr(page, "#summary progress", "value")
     start_points = int_attr(page, "#charts figure.chart-box", "data-points")
@@ -118,7 +119,9 @@ def check_results(page, shots: Path, tmp_path: Path) -> None:
 
 
 def check_compare(page, server, ids: list[str], shots: Path) -> None:
-    page.goto(f"{server.url}/#/compare?ids={','.join(ids)}")
+    assert "Job succeeded." in page.locator("#status").inner_text()
+    page.evaluate(f"location.hash = '#/compare?ids={','.join(ids)}'")  # in-app navigation
+    page.wait_for_function("document.getElementById('status').textContent === ''")
     rows = page.locator("table.compare-table tbody tr")
     rows.nth(1).wait_for()
     assert rows.count() == 2
