@@ -153,8 +153,10 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         "EMA weights; the evaluated model is the best checkpoint's EMA model (by validation "
         "PGD-CW accuracy). Train time is the method stage only (the burn-in of "
         f'{max(r["burn_in_seconds"] for r in rows):.0f} s is shared). "pending": not evaluated '
-        "yet. Training times are wall times on a machine shared with other work whose load "
-        "changed during the run; bench/step_cost.py compares the methods' costs properly.\n\n"
+        "yet. Training times are the wall times of the training run; bench/step_cost.py "
+        "compares the methods' step costs without the rest of the epoch. The baselines "
+        "ramp their attack's eps up over the first `eps_ramp` of training (see the method "
+        "hyperparameters below).\n\n"
         + head
         + "".join(lines)
         + "\nAccuracy after each attack (in AutoAttack's order) and evaluation time:\n\n"

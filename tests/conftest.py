@@ -251,11 +251,20 @@ class ServiceProcess:
 
 
 def start_worker(
-    service_env: dict[str, str], log_dir: Path, pool: str = "solo", **overrides: str
+    service_env: dict[str, str],
+    log_dir: Path,
+    pool: str = "solo",
+    script: str | None = None,
+    **overrides: str,
 ) -> ServiceProcess:
-    """A real Celery worker (`python -m celery -A worker.app worker`), once ready."""
+    """A real Celery worker (`python -m celery -A worker.app worker`), once ready.
+
+    ``script``: a file run instead of ``-m celery`` that takes Celery's command line
+    (bench/faults/step_fault_worker.py: a worker whose training step raises).
+    """
     name = f"w{uuid.uuid4().hex[:6]}"
-    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
+    launcher = [script] if script else ["-m", "celery"]
+    command = [sys.executable, *launcher, "-A", "worker.app", "worker"]
     command += ["--concurrency=1", f"--pool={pool}", "--loglevel=INFO", "--without-mingle"]
     command += ["--without-gossip", f"--hostname={name}@%h"]
     worker = ServiceProcess(
@@ -273,8 +282,10 @@ class WorkerFleet:
         self.service_env, self.log_dir = service_env, log_dir
         self.workers: list[ServiceProcess] = []
 
-    def __call__(self, pool: str = "solo", **overrides: str) -> ServiceProcess:
-        worker = start_worker(self.service_env, self.log_dir, pool, **overrides)
+    def __call__(
+        self, pool: str = "solo", script: str | None = None, **overrides: str
+    ) -> ServiceProcess:
+        worker = start_worker(self.service_env, self.log_dir, pool, script, **overrides)
         self.workers.append(worker)
         return worker
 

@@ -55,12 +55,15 @@ class DbCallback(Callback):
         self.shutdown = shutdown or threading.Event()
         self.handing_over = False
         self._recovered = False
+        self.position: tuple[str, int] | None = None  # (stage, epoch) being run, for errors
+        self._epochs = 0
 
     def _log(self, session: Session, message: str, level: str = "INFO") -> None:
         jobs.add_log(session, self.job_id, message, level)
 
     def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
         start = int(info.get("start_epoch") or 0)
+        self.position, self._epochs = (stage, start + 1), int(info.get("epochs") or 0)
         with self.factory() as session:
             if not self._recovered:  # once per attempt, before its first row
                 self._recovered = True
@@ -103,11 +106,13 @@ class DbCallback(Callback):
                 self._log(session, _epoch_line(metric, row) + " [recovered from metrics.jsonl]")
 
     def on_step(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
+        self.position = (stage, epoch)
         with self.factory() as session:
             jobs.set_progress(session, self.job_id, stage, epoch, step)
             session.commit()
 
     def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
+        self.position = (stage, min(epoch + 1, self._epochs or epoch + 1))
         with self.factory() as session:
             metric = jobs.record_metric(session, self.job_id, stage, epoch, row)
             jobs.set_progress(session, self.job_id, stage, epoch, None)

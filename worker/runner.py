@@ -10,8 +10,9 @@ once a second). Outcomes:
 * the trainer returns                -> succeeded
 * ``StopRequested`` (a cancel)       -> canceled, its checkpoint kept (resumable)
 * ``DyartError`` (NaN loss, bad data) -> failed with the library's message
-* anything else                      -> failed "internal error: <type>: <msg>",
-                                        the traceback in the job's log
+* anything else                      -> failed "internal error in <stage> epoch <n>:
+                                        <type>: <msg>; <how to resume>", the traceback
+                                        in the job's log
 * the lease lost (another worker took the job after this one went silent)
                                       -> stop at once, write nothing more, save nothing.
 * the database unreachable (a restart) -> wait for it (up to ``lease_seconds``), then
@@ -263,7 +264,7 @@ def _train(
             lost = _database_lost(factory, job_id, me, exc, settings)
             if lost is not None:
                 return lost
-        error = f"internal error: {type(exc).__name__}: {exc}"
+        error = _internal_error(exc, callback.position, store.job_dir(job_id))
         if _disk_full(exc, store.root, store.root / "jobs" / job_id):
             error = (
                 f"artifact disk full: no space left in {store.root} to write the job's files "
@@ -271,6 +272,19 @@ def _train(
             )
         return _end(factory, job_id, me, "failed", error, traceback.format_exc())
     return _end(factory, job_id, me, "succeeded", "succeeded")
+
+
+def _internal_error(exc: BaseException, position: tuple[str, int] | None, job_dir: Path) -> str:
+    """What failed, where, and what the user can do: the checkpoint is kept, resume works."""
+    where = ""
+    if position:
+        stage, epoch = position
+        where = f" in {stage}" if stage == "evaluate" else f" in {stage} epoch {epoch}"
+    if (job_dir / "state" / "latest.pt").is_file():
+        advice = "its latest checkpoint is kept: resume the job to continue from it"
+    else:
+        advice = "no checkpoint was written yet: resume the job to start it again"
+    return f"internal error{where}: {type(exc).__name__}: {exc}; {advice}"
 
 
 def _disk_full(exc: BaseException, root: Path, job_dir: Path) -> bool:

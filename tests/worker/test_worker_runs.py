@@ -6,14 +6,17 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import select, update
 
 from db import jobs
 from db.models import Checkpoint, Evaluation, Job, JobMetric, utcnow
+from tests.conftest import WorkerFleet
 from tests.worker.conftest import job_row, log_lines, metric_keys, wait_final, wait_for
 from worker.artifacts import ArtifactStore, file_sha256
 
+FAULT_WORKER = Path(__file__).resolve().parents[2] / "bench" / "faults" / "step_fault_worker.py"
 # Long enough that a test can act between the first training epoch and the end.
 LONG = {"epochs": 4, "hparams": {"iterations": 5}}
 DONE = re.compile(r"^(burn_in|train) epoch (\d+) done:")
@@ -195,3 +198,33 @@ def test_worker_stopped_gracefully_hands_its_job_over(worker_process, submit, se
     assert job.status == "succeeded" and job.attempts == 1, (job.error, lines)
     assert "worker shutting down: state saved, job queued again" in lines
     assert_each_epoch_once(session_factory, job_id, burn_in=1, train=LONG["epochs"])
+
+
+def test_a_failing_step_says_where_and_that_resume_continues(
+    service_env, tmp_path, submit, session_factory, sender
+):
+    """A worker whose 25th training step raises (in epoch 2); then the user resumes."""
+    fleet = WorkerFleet(service_env, tmp_path)
+    try:
+        fleet(script=str(FAULT_WORKER), DYART_FAULT_RAISE_AT_STEP="25")
+        job_id = submit(method="clean", burn_in_epochs=0, epochs=3, hparams={})
+        job = wait_final(session_factory, job_id)
+        assert job.status == "failed", (job.error, log_lines(session_factory, job_id))
+        assert job.error.startswith(
+            "internal error in train epoch 2: RuntimeError: CUDA error: an illegal memory access"
+        ), job.error
+        assert job.error.endswith(
+            "its latest checkpoint is kept: resume the job to continue from it"
+        ), job.error
+        with session_factory() as session:
+            jobs.resume_job(session, session.get(Job, job_id))
+            session.commit()
+        sender.send_task("worker.run_job", args=[job_id])
+        job = wait_final(session_factory, job_id)
+        lines = log_lines(session_factory, job_id)
+        assert job.status == "succeeded", (job.error, lines)
+        assert "resumed train from the checkpoint at epoch 1" in lines, lines
+        assert_each_epoch_once(session_factory, job_id, burn_in=0, train=3)
+    finally:
+        for worker in fleet.workers:
+            worker.kill9()
