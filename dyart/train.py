@@ -159,6 +159,9 @@ class Trainer:
             return
         if stage == "burn_in" and self.config.burn_in_epochs == 0:
             return
+        if stage == "train" and self.init_from is not None and state is None:
+            if not (self.out_dir / "burn_in.pt").is_file():  # the stages left the burn-in out
+                self._adopt_burn_in(self.init_from)
         run = self._build_stage(stage)
         if state is not None:
             run.load_state_dict(state)
@@ -426,11 +429,25 @@ class Trainer:
         }
 
     def _load_start_weights(self, model: nn.Module) -> None:
-        """The train stage starts from the burn-in's EMA weights, when there is one."""
+        """The train stage starts from the burn-in's EMA weights.
+
+        The burn-in is this run's, or ``init_from``'s when the stages left the burn-in
+        out; with ``burn_in_epochs`` 0 there is none and training starts from scratch.
+
+        Raises:
+            ConfigError: the config asks for a burn-in and there is none to start from.
+        """
         path = self.out_dir / "burn_in.pt"
         if path.is_file():
             state = checkpoint.load_training_state(path)
             model.load_state_dict(state["ema"])
+        elif self.config.burn_in_epochs > 0:
+            raise ConfigError(
+                "stages",
+                f"the train stage starts from the burn-in (burn_in_epochs="
+                f"{self.config.burn_in_epochs}) and {path} does not exist: run the burn_in "
+                "stage first, or give init_from the burn_in.pt of an earlier run",
+            )
 
     def _adopt_burn_in(self, source: Path) -> None:
         """Reuse another run's burn-in: check it fits, copy it into this run."""

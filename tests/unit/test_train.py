@@ -145,6 +145,22 @@ def test_burn_in_reuse_gives_the_same_training(finished, tmp_path):
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
+def test_the_train_stage_alone_starts_from_init_from(finished, tmp_path):
+    out, _, _ = finished
+    Trainer(_config(), tmp_path, device="cpu", init_from=out / "burn_in.pt").run(("train",))
+    ours, theirs = (
+        load_file(tmp_path / "model-final.safetensors"),
+        load_file(out / "model-final.safetensors"),
+    )
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_the_train_stage_without_its_burn_in_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"burn_in_epochs=1\) and .*burn_in.pt does not exist"):
+        Trainer(_config(), tmp_path, device="cpu").run(("train",))
+    assert not (tmp_path / "model-final.safetensors").exists()
+
+
 def test_burn_in_reuse_refuses_another_architecture(finished, tmp_path):
     out, _, _ = finished
     other = _config(architecture="small_cnn")

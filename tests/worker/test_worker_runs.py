@@ -158,7 +158,9 @@ def test_worker_killed_mid_training_resumes_from_its_last_checkpoint(
 def test_cancel_during_training_ends_canceled_and_resume_finishes(
     worker_process, submit, session_factory, sender
 ):
-    job_id = submit(**LONG)
+    # 10 epochs: the cancel must land while epochs remain, even on a busy machine
+    spec = {**LONG, "epochs": 10}
+    job_id = submit(**spec)
     wait_for(lambda: ("train", 1) in metric_keys(session_factory, job_id), "a train epoch")
     with session_factory() as session:
         jobs.request_cancel(session, session.get(Job, job_id))
@@ -174,7 +176,7 @@ def test_cancel_during_training_ends_canceled_and_resume_finishes(
             .where(JobMetric.job_id == job_id, JobMetric.stage == "train")
             .order_by(JobMetric.epoch.desc())
         )
-        assert trained < LONG["epochs"]  # it stopped early
+        assert trained < spec["epochs"]  # it stopped early
         jobs.resume_job(session, session.get(Job, job_id))
         session.commit()
     sender.send_task("worker.run_job", args=[job_id])
@@ -182,7 +184,7 @@ def test_cancel_during_training_ends_canceled_and_resume_finishes(
     lines = log_lines(session_factory, job_id)
     assert job.status == "succeeded" and job.attempts == 1, (job.error, lines)
     assert any(m.startswith("resumed train from the checkpoint at epoch") for m in lines), lines
-    assert_each_epoch_once(session_factory, job_id, burn_in=1, train=LONG["epochs"])
+    assert_each_epoch_once(session_factory, job_id, burn_in=1, train=spec["epochs"])
 
 
 def test_worker_stopped_gracefully_hands_its_job_over(worker_process, submit, session_factory):
