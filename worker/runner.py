@@ -98,8 +98,8 @@ class LeaseKeeper(threading.Thread):
                     log.warning("lease lost: another worker owns this task now")
                     self.lost.set()
                     return
-            except Exception:  # a database blip: the lease has slack, try again
-                log.exception("heartbeat failed; retrying in %ss", self.interval)
+            except Exception as exc:  # a database blip: the lease has slack, try again
+                log_retry("heartbeat", exc, self.interval)
 
     def stop(self) -> None:
         self._done.set()
@@ -144,6 +144,18 @@ def run_job(job_id: str) -> dict[str, Any]:
 
 def _first_line(exc: BaseException) -> str:
     return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+
+
+def log_retry(what: str, exc: BaseException, seconds: float) -> None:
+    """A periodic task failed and will run again: one line while the database is away
+    (an outage repeats it every period), the traceback for anything else."""
+    if isinstance(exc, DATABASE_DOWN):
+        log.warning(
+            "%s failed: database unreachable (%s: %s); retrying in %ss",
+            what, type(exc).__name__, _first_line(exc), seconds,
+        )  # fmt: skip
+    else:
+        log.exception("%s failed; retrying in %ss", what, seconds)
 
 
 def _wait_for_database(factory: sessionmaker[Session], timeout: float) -> tuple[bool, bool]:

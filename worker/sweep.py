@@ -58,14 +58,14 @@ def sweep_once(session: Any, app: Celery, settings: Settings) -> dict[str, list[
 
 
 def _loop(app: Celery, settings: Settings) -> None:
-    from worker.runner import session_factory
+    from worker.runner import log_retry, session_factory
 
     while not _stop.is_set():
         try:
             with session_factory()() as session:
                 sweep_once(session, app, settings)
-        except Exception:  # a database or broker blip: try again next time
-            log.exception("sweep failed; retrying in %ss", settings.sweep_seconds)
+        except Exception as exc:  # a database or broker blip: try again next time
+            log_retry("sweep", exc, settings.sweep_seconds)
         _stop.wait(settings.sweep_seconds)
 
 
