@@ -79,9 +79,10 @@ def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
         spec["epochs"] = args.epochs
     if args.burn_in_epochs is not None:
         spec["burn_in_epochs"] = args.burn_in_epochs
-    own_recipe = RECIPE.with_name(f"mnist10k_{method}.yaml")  # each method's tuned lr
-    spec["lr"] = yaml.safe_load(own_recipe.read_text())["lr"]
-    spec["lr"] = dict(args.lr).get(method, spec["lr"])
+    if method in dict(args.lr):
+        spec["lr"] = dict(args.lr)[method]
+    else:  # each method's tuned lr, from its own recipe
+        spec["lr"] = yaml.safe_load(RECIPE.with_name(f"mnist10k_{method}.yaml").read_text())["lr"]
     if method == "clean":
         spec.update(method=method, grad_clip=0.0, hparams={})
     elif method != "dyart":
@@ -161,7 +162,8 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float) -> None:
 
 def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str:
     eps_list = args.eps
-    fastest = {r["method"]: min(e["seconds"] for e in _train_epochs(r)) for r in rows}
+    epochs = {r["method"]: _train_epochs(r) for r in rows}
+    fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
     clean_epoch = fastest.get("clean")
     head = "| method | lr | clean acc | " + " | ".join(f"AA acc @ {e:g}" for e in eps_list)
     head += " | best val PGD acc | train time (s) | fastest epoch (s) | relative to clean |\n"
@@ -172,7 +174,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         accs = " | ".join(
             f"{res[e]['robust_acc']:.3f}" if e in res else "pending" for e in eps_list
         )
-        val = max(e["val_pgd_acc"] or 0.0 for e in _train_epochs(r))
+        val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
         rel = f"{fastest[r['method']] / clean_epoch:.1f}x" if clean_epoch else "n/a"
         clean = f"{next(iter(res.values()))['clean_acc']:.3f}" if res else "pending"
         lines.append(

@@ -276,12 +276,14 @@ def _train(
             lost = _database_lost(factory, job_id, me, exc, settings)
             if lost is not None:
                 return lost
-        error = _internal_error(exc, callback.position, store.job_dir(job_id))
-        if _disk_full(exc, store.root, store.root / "jobs" / job_id):
+        job_dir = store.job_dir(job_id)
+        if _disk_full(exc, store.root, job_dir):
             error = (
                 f"artifact disk full: no space left in {store.root} to write the job's files "
                 f"({type(exc).__name__}: {exc}); free some space, then resume the job"
             )
+        else:
+            error = _internal_error(exc, callback.position, job_dir)
         return _end(factory, job_id, me, "failed", error, traceback.format_exc())
     return _end(factory, job_id, me, "succeeded", "succeeded")
 
