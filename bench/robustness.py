@@ -10,17 +10,32 @@ evaluates each best checkpoint with AutoAttack, and writes a markdown table
     PYTHONPATH=. .venv/bin/python bench/robustness.py            # the full run
     PYTHONPATH=. .venv/bin/python bench/robustness.py --epochs 1 --eval-n 100 --preset fast
 
-All methods are trained first, then evaluated one eps at a time (largest first), and
-the table is rewritten after every step, so a long run shows partial results.
+All methods are trained first, then evaluated one eps at a time (largest first), in
+chunks of test images taken in turn across the methods; the table is rewritten after
+every chunk round, so a long run shows partial results. Every finished chunk is kept in
+the ledger (bench/results/robustness-autoattack.json) under the sha256 of the weights it
+attacked, and each method's evaluated model is kept beside it (bench/results/
+robustness-models/), so a stopped run goes on where it stopped, on this machine or
+another (`--retrain` trains afresh). Two processes may share the ledger, one per core,
+which on two cores evaluates about 1.25x faster than one process on two threads:
+
+    ... robustness.py --methods clean pgd_at trades --results /tmp/a.md &
+    ... robustness.py --methods mart dyart --results /tmp/b.md
+    ... robustness.py        # then: the whole table from the ledger
+
+(`make bench` does this.) Training runs on one thread by default, so two runs train the
+same weights bit for bit; on more threads they do not (RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +43,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from dyart.checkpoint import load_model
+from dyart.checkpoint import file_sha256, load_model
 from dyart.config import TrainConfig
 from dyart.data import load_dataset
 from dyart.evaluate import autoattack_eval
@@ -36,6 +51,8 @@ from dyart.train import Trainer
 
 RECIPE = Path(__file__).resolve().parents[1] / "dyart" / "configs" / "mnist10k_dyart.yaml"
 METHODS = ("clean", "pgd_at", "trades", "mart", "dyart")
+# what a trained method leaves for the table: its row, epochs and evaluated model
+KEPT = ("bench_row.json", "metrics.jsonl", "model-best.safetensors", "model-best.json")
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="method epochs (default: recipe)")
     p.add_argument("--burn-in-epochs", type=int, default=None)
     p.add_argument("--eval-n", type=int, default=2000, help="test images (2,000 = all)")
+    p.add_argument("--chunk", type=int, default=250, help="test images per AutoAttack chunk")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--preset", default="standard")
     p.add_argument(
@@ -55,9 +73,24 @@ def parse_args() -> argparse.Namespace:
         help="a method's peak learning rate (default: its mnist10k_<method> recipe's)",
     )  # fmt: skip
     p.add_argument("--work-dir", default="/tmp/dyart-bench-robustness")
+    p.add_argument(
+        "--models", default="bench/results/robustness-models",
+        help="each method's evaluated model, row and epochs, kept with the results",
+    )  # fmt: skip
+    p.add_argument(
+        "--retrain", action="store_true",
+        help="train every method afresh instead of reusing the kept models",
+    )  # fmt: skip
     p.add_argument("--results", default="bench/results/robustness.md")
+    p.add_argument(
+        "--ledger", default="bench/results/robustness-autoattack.json",
+        help="AutoAttack results per weights sha256 and chunk; the table is built from it",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (1: training is reproducible bit for bit, see RELIABILITY.md)",
+    )  # fmt: skip
     return p.parse_args()
 
 
@@ -96,19 +129,30 @@ def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
 def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) -> dict:
     """Burn-in (or reuse the shared one), then the method; returns the timings.
 
-    A method already trained in ``work_dir`` (its ``bench_row.json`` is there) is
-    not trained again: its row, with the training times measured then, is reused,
-    so a later run can evaluate at other eps or on more images.
+    A method already trained — in ``work_dir``, or kept in ``--models`` by an earlier
+    run — with the same training settings is not trained again: its row, with the
+    training times measured then, is reused, so a later run can evaluate at other eps
+    or on more images, on the very weights the ledger's results are for. (Training on
+    more than one thread is not bit-reproducible on CPU — oneDNN splits its
+    reductions across threads — so the weights themselves are kept.)
     """
     config = base_config(args, method)
     out = Path(args.work_dir) / method
+    kept = Path(args.models) / method
     cached = out / "bench_row.json"
+    if args.retrain and out.exists():
+        _set_aside(out)
+    elif not cached.is_file() and (kept / "bench_row.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            shutil.copy2(kept / name, out / name)
     if cached.is_file():
         row = json.loads(cached.read_text())
         if _training_part(row["config"]) == _training_part(config.to_dict()):
-            return {**row, "config": config.to_dict(), "results": {}}
-        # trained with other settings: keep that run aside, train afresh
-        out.rename(out.with_name(f"{method}-replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+            return {**row, "config": config.to_dict(), "out_dir": str(out), "results": {}}
+        _set_aside(out)  # trained with other settings: keep that run aside, train afresh
+    if burn_in is not None and not burn_in.is_file():
+        burn_in = None  # the first method's model was kept, not its burn-in: train one
     trainer = Trainer(config, out, device=args.device, init_from=burn_in)
     started = time.perf_counter()
     trainer.run(("burn_in",))
@@ -124,7 +168,14 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
         "results": {},  # eps -> AutoAttack row
     }
     cached.write_text(json.dumps(row, indent=1))
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        shutil.copy2(out / name, kept / name)
     return row
+
+
+def _set_aside(out: Path) -> None:
+    out.rename(out.with_name(f"{out.name}-replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
 def _training_part(config: dict) -> dict:
@@ -132,32 +183,95 @@ def _training_part(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("eval_")}
 
 
-def evaluate_method(args: argparse.Namespace, row: dict, eps: float) -> None:
-    """AutoAttack on the best checkpoint's EMA model at one eps (resumable).
+def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int) -> None:
+    """AutoAttack on the best checkpoint's EMA model at one eps, up to image ``limit``.
 
-    A finished evaluation is kept in ``bench_eval.json`` with the time it took, so
-    a later run that only rewrites the table reports the time of the real run.
+    The test images are attacked in chunks of ``--chunk`` (AutoAttack treats every
+    image on its own, so chunks add up to the whole). Each finished chunk goes into
+    the ledger (``--ledger``, kept with the results) under the sha256 of the weights
+    it attacked, with the time it took: a rerun, here or on another machine whose
+    training reproduces the same weights bit for bit, attacks only the chunks still
+    missing, and the table is rebuilt from the ledger.
     """
     out = Path(row["out_dir"])
-    done_path = out / "bench_eval.json"
-    done = json.loads(done_path.read_text()) if done_path.is_file() else {}
-    key = f"{args.preset}/{args.eval_n}/{eps:g}"
-    if key in done:
-        row["results"][eps], row["n"] = done[key], done[key]["n"]
-        return
-    model = load_model(out / "model-best.safetensors", device=args.device)
+    weights = out / "model-best.safetensors"
+    digest = row.setdefault("weights_sha256", file_sha256(weights))
     data = load_dataset("mnist10k", val_size=row["config"]["val_size"], seed=0)
     n = min(args.eval_n, len(data.test_x))
-    x, y = data.test_x[:n].float() / 255, data.test_y[:n]
-    started = time.perf_counter()
-    result = autoattack_eval(
-        model, x.to(args.device), y.to(args.device), eps_list=[eps], preset=args.preset,
-        state_dir=out / "bench-autoattack",
-    )  # fmt: skip
-    row["results"][eps] = {**result["results"][0], "seconds": time.perf_counter() - started}
-    row["n"] = result["n"]
-    done[key] = {**row["results"][eps], "n": result["n"]}
-    done_path.write_text(json.dumps(done, indent=1))
+    model = None
+    for start in range(0, min(limit, n), args.chunk):
+        end = min(start + args.chunk, n)
+        key = chunk_key(args.preset, eps, start, end)
+        if key in read_ledger(args.ledger).get(digest, {}).get("chunks", {}):
+            continue
+        if model is None:
+            model = load_model(weights, device=args.device)
+        print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: {key}", flush=True)
+        x, y = data.test_x[start:end].float() / 255, data.test_y[start:end]
+        started = time.perf_counter()
+        result = autoattack_eval(
+            model, x.to(args.device), y.to(args.device), eps_list=[eps], preset=args.preset,
+            state_dir=out / "bench-autoattack" / f"{start}-{end}",
+        )  # fmt: skip
+        chunk = {**result["results"][0], "n": result["n"]}
+        chunk["seconds"] = time.perf_counter() - started
+        record_chunk(args.ledger, digest, row["method"], key, chunk)
+    row["results"][eps] = ledger_result(args.ledger, digest, args.preset, eps, n, args.chunk)
+
+
+def chunk_key(preset: str, eps: float, start: int, end: int) -> str:
+    return f"{preset}/eps {eps:g}/images {start}-{end}"
+
+
+def read_ledger(path: str | Path) -> dict:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_chunk(path: str | Path, digest: str, method: str, key: str, chunk: dict) -> None:
+    """Add one chunk's result to the ledger; several bench processes may share it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ledger = read_ledger(path)
+        entry = ledger.setdefault(digest, {"method": method, "chunks": {}})
+        entry["chunks"][key] = chunk
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+def ledger_result(
+    path: str | Path, digest: str, preset: str, eps: float, n: int, size: int
+) -> dict | None:
+    """The chunks done so far, from the first image on, added up into one result.
+
+    ``n`` is the number of images they cover (fewer than asked while chunks are
+    missing); accuracies are weighted by each chunk's images; ``seconds`` is the sum.
+    """
+    chunks = read_ledger(path).get(digest, {}).get("chunks", {})
+    done = []
+    for start in range(0, n, size):
+        key = chunk_key(preset, eps, start, min(start + size, n))
+        if key not in chunks:
+            break
+        done.append(chunks[key])
+    if not done:
+        return None
+    total = sum(c["n"] for c in done)
+
+    def mean(get) -> float:
+        return sum(get(c) * c["n"] for c in done) / total
+
+    return {
+        "eps": eps,
+        "n": total,
+        "clean_acc": mean(lambda c: c["clean_acc"]),
+        "robust_acc": mean(lambda c: c["robust_acc"]),
+        "per_attack": {a: mean(lambda c, a=a: c["per_attack"][a]) for a in done[0]["per_attack"]},
+        "seconds": sum(c["seconds"] for c in done),
+    }
 
 
 def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str:
@@ -165,18 +279,18 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
     epochs = {r["method"]: _train_epochs(r) for r in rows}
     fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
     clean_epoch = fastest.get("clean")
+    target = min(args.eval_n, 2000)
     head = "| method | lr | clean acc | " + " | ".join(f"AA acc @ {e:g}" for e in eps_list)
     head += " | best val PGD acc | train time (s) | fastest epoch (s) | relative to clean |\n"
     head += "| --- " * (7 + len(eps_list)) + "|\n"
     lines = []
     for r in rows:
-        res = r["results"]
-        accs = " | ".join(
-            f"{res[e]['robust_acc']:.3f}" if e in res else "pending" for e in eps_list
-        )
+        res = {e: v for e, v in r["results"].items() if v}
+        accs = " | ".join(_cell(res.get(e), target) for e in eps_list)
         val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
         rel = f"{fastest[r['method']] / clean_epoch:.1f}x" if clean_epoch else "n/a"
-        clean = f"{next(iter(res.values()))['clean_acc']:.3f}" if res else "pending"
+        widest = max(res.values(), key=lambda v: v["n"], default=None)  # clean acc: most images
+        clean = _cell(widest and {**widest, "robust_acc": widest["clean_acc"]}, target)
         lines.append(
             f"| {r['method']} | {r['config']['lr']:g} | {clean} | {accs} | {val:.3f} "
             f"| {r['train_seconds']:.0f} | {fastest[r['method']]:.1f} | {rel} |\n"
@@ -185,11 +299,19 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
     own = ("method", "hparams", "lr", "grad_clip")  # per method, listed with its hparams
     config = {k: v for k, v in first["config"].items() if k not in own}
     per_attack = "\n".join(f"* {r['method']}: {_attack_trail(r)}" for r in rows)
-    n = next((r["n"] for r in rows if "n" in r), min(args.eval_n, 2000))
+    counts = {v["n"] for r in rows for v in r["results"].values() if v}
+    if counts == {target}:
+        scope = f"on the first {target:,} of the 2,000 MNIST-10k test images"
+    else:
+        scope = (
+            f"on the first {target:,} of the 2,000 MNIST-10k test images, in chunks of "
+            f"{args.chunk}; a figure with a count in brackets is on only that many images "
+            "so far (the first ones), as the run was stopped before it finished"
+        )
     burn_in = max(r["burn_in_seconds"] for r in rows)
     text = (
         "# Robustness on MNIST-10k: clean, PGD-AT, TRADES, MART, DyART\n\n"
-        f"AutoAttack `{args.preset}` on the first {n} of the 2,000 MNIST-10k test images, "
+        f"AutoAttack `{args.preset}` {scope}, "
         "L-inf. Each method: the shared clean burn-in, then the method from the burn-in's "
         "EMA weights; the evaluated model is the best checkpoint's EMA model (by validation "
         'PGD-CW accuracy). "pending": not evaluated yet. Train time is the method stage\'s '
@@ -226,18 +348,28 @@ def _train_epochs(row: dict) -> list[dict]:
     return [r for r in map(json.loads, lines) if r["stage"] == "train"]
 
 
+def _cell(result: dict | None, target: int) -> str:
+    """An accuracy, with its image count when that is short of the target."""
+    if not result:
+        return "pending"
+    if result["n"] == target:
+        return f"{result['robust_acc']:.3f}"
+    return f"{result['robust_acc']:.3f} ({result['n']:,})"
+
+
 def _attack_trail(row: dict) -> str:
     parts = []
     for eps, res in sorted(row["results"].items()):
+        if not res:
+            continue
         accs = ", ".join(f"{a} {v:.3f}" for a, v in res["per_attack"].items())
-        parts.append(f"eps {eps:g}: {accs} ({res['seconds']:.0f} s)")
+        parts.append(f"eps {eps:g}: {accs} ({res['n']:,} images, {res['seconds']:.0f} s)")
     return "; ".join(parts) or "pending"
 
 
 def main() -> int:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     command = "PYTHONPATH=. .venv/bin/python " + shlex.join(sys.argv)
     rows: list[dict] = []
     burn_in = None
@@ -248,11 +380,13 @@ def main() -> int:
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
         write_table(args, rows, command)
-    for eps in sorted(args.eps, reverse=True):  # large eps first: most points fall early
-        for row in rows:
-            print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: AutoAttack {eps}", flush=True)
-            evaluate_method(args, row, eps)
-            print(json.dumps(row["results"][eps]), flush=True)
+    # eps 0.3, the MNIST threat model, first; within an eps, chunk by chunk across the
+    # methods, so a run stopped early leaves every method evaluated on as many images
+    for eps in sorted(args.eps, reverse=True):
+        for limit in range(args.chunk, args.eval_n + args.chunk, args.chunk):
+            for row in rows:
+                evaluate_method(args, row, eps, limit)
+                print(row["method"], json.dumps(row["results"][eps]), flush=True)
             write_table(args, rows, command)
     print(Path(args.results).read_text())
     return 0
