@@ -31,6 +31,6 @@ bench:
 		--results /tmp/dyart-robustness-a.md & \
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --methods mart dyart \
 		--results /tmp/dyart-robustness-b.md; wait
-	PYTHONPATH=. .venv/bin/python bench/robustness.py
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --table-only
 	.venv/bin/python bench/api_load.py
 	.venv/bin/python bench/benchmarks_md.py

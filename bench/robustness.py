@@ -21,7 +21,7 @@ which on two cores evaluates about 1.25x faster than one process on two threads:
 
     ... robustness.py --methods clean pgd_at trades --results /tmp/a.md &
     ... robustness.py --methods mart dyart --results /tmp/b.md
-    ... robustness.py        # then: the whole table from the ledger
+    ... robustness.py --table-only    # then: the whole table from the ledger
 
 (`make bench` does this.) Training runs on one thread by default, so two runs train the
 same weights bit for bit; on more threads they do not (RELIABILITY.md).
@@ -76,6 +76,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--models", default="bench/results/robustness-models",
         help="each method's evaluated model, row and epochs, kept with the results",
+    )  # fmt: skip
+    p.add_argument(
+        "--table-only", action="store_true",
+        help="write the table from the kept models and the ledger; train and attack nothing",
     )  # fmt: skip
     p.add_argument(
         "--retrain", action="store_true",
@@ -151,6 +155,11 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
         if _training_part(row["config"]) == _training_part(config.to_dict()):
             return {**row, "config": config.to_dict(), "out_dir": str(out), "results": {}}
         _set_aside(out)  # trained with other settings: keep that run aside, train afresh
+    if args.table_only:
+        raise SystemExit(
+            f"--table-only: {method} has no trained model with these settings in {out} "
+            f"or {kept}; run without --table-only to train it"
+        )
     if burn_in is not None and not burn_in.is_file():
         burn_in = None  # the first method's model was kept, not its burn-in: train one
     trainer = Trainer(config, out, device=args.device, init_from=burn_in)
@@ -204,6 +213,8 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int)
         key = chunk_key(args.preset, eps, start, end)
         if key in read_ledger(args.ledger).get(digest, {}).get("chunks", {}):
             continue
+        if args.table_only:
+            break
         if model is None:
             model = load_model(weights, device=args.device)
         print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: {key}", flush=True)
@@ -300,19 +311,21 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
     config = {k: v for k, v in first["config"].items() if k not in own}
     per_attack = "\n".join(f"* {r['method']}: {_attack_trail(r)}" for r in rows)
     counts = {v["n"] for r in rows for v in r["results"].values() if v}
-    if counts == {target}:
-        scope = f"on the first {target:,} of the 2,000 MNIST-10k test images"
-    else:
-        scope = (
-            f"on the first {target:,} of the 2,000 MNIST-10k test images, in chunks of "
-            f"{args.chunk}; a figure with a count in brackets is on only that many images "
-            "so far (the first ones), as the run was stopped before it finished"
+    scope = (
+        "on all 2,000 MNIST-10k test images"
+        if target == 2000
+        else f"on the first {target:,} of the 2,000 MNIST-10k test images"
+    ) + f", L-inf, in chunks of {args.chunk} images."
+    if counts != {target}:
+        scope += (
+            " A figure with a count in brackets is so far on only that many images (the "
+            "first ones): the evaluation is under way or was stopped before it finished."
         )
     burn_in = max(r["burn_in_seconds"] for r in rows)
     text = (
         "# Robustness on MNIST-10k: clean, PGD-AT, TRADES, MART, DyART\n\n"
-        f"AutoAttack `{args.preset}` {scope}, "
-        "L-inf. Each method: the shared clean burn-in, then the method from the burn-in's "
+        f"AutoAttack `{args.preset}` {scope} "
+        "Each method: the shared clean burn-in, then the method from the burn-in's "
         "EMA weights; the evaluated model is the best checkpoint's EMA model (by validation "
         'PGD-CW accuracy). "pending": not evaluated yet. Train time is the method stage\'s '
         f"wall time (the burn-in of {burn_in:.0f} s is shared); other work on the machine only "
@@ -331,8 +344,15 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
         f"{torch.get_num_threads()} torch threads, device {args.device}, torch "
         f"{torch.__version__}.\n\n"
-        f"Command: `{command}`\n\n"
-        "Shared settings:\n\n```json\n" + json.dumps(config, indent=1) + "\n```\n\n"
+        + (
+            "Results from the ledger (bench/results/robustness-autoattack.json), written "
+            f"by `make bench`'s evaluation processes; this table by `{command}`.\n\n"
+            if args.table_only
+            else f"Command: `{command}`\n\n"
+        )
+        + "Shared settings:\n\n```json\n"
+        + json.dumps(config, indent=1)
+        + "\n```\n\n"
         "Each method's learning rate, gradient clipping and hyperparameters:\n\n```json\n"
         + json.dumps({r["method"]: {k: r["config"][k] for k in own[1:]} for r in rows}, indent=1)
         + "\n```\n"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import multiprocessing
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,38 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     entries = robustness.read_ledger(ledger)
 
     assert {d: len(entries[d]["chunks"]) for d in ("wa", "wb")} == {"wa": 20, "wb": 20}
+
+
+def _table_only(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    root = _PATH.parents[1]
+    return subprocess.run(
+        [sys.executable, str(_PATH), "--table-only", "--methods", "clean", "--eps", "0.3",
+         "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "table.md"), *extra],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+
+
+def test_table_only_builds_the_table_from_the_kept_model_and_the_ledger(tmp_path):
+    kept = _PATH.parent / "results" / "robustness-models" / "clean" / "model-best.safetensors"
+    digest = hashlib.sha256(kept.read_bytes()).hexdigest()
+    ledger = tmp_path / "ledger.json"
+    key = robustness.chunk_key("standard", 0.3, 0, 250)
+    robustness.record_chunk(ledger, digest, "clean", key, _chunk(250, 0.96, 0.012, 13))
+    robustness.record_chunk(ledger, "other-weights", "clean", key, _chunk(250, 0.5, 0.5, 1))
+
+    done = _table_only(tmp_path, "--ledger", str(ledger))
+
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in (tmp_path / "table.md").read_text().splitlines()
+               if line.startswith("| clean |"))  # fmt: skip
+    assert "| 0.960 (250) | 0.012 (250) |" in row  # these weights' chunk, not the other's
+
+
+def test_table_only_without_a_trained_model_says_which_and_where(tmp_path):
+    done = _table_only(tmp_path, "--models", str(tmp_path / "none"))
+
+    assert done.returncode != 0
+    assert "--table-only: clean has no trained model" in done.stderr
+    assert str(tmp_path / "none" / "clean") in done.stderr
+    assert "Traceback" not in done.stderr
