@@ -27,10 +27,10 @@ bench:
 	@DYART_SKIP_BROWSER=1 scripts/install
 	PYTHONPATH=. .venv/bin/python bench/step_cost.py
 	# one process per core (faster than one on two threads); then the table from both
-	PYTHONPATH=. .venv/bin/python bench/robustness.py --methods clean pgd_at trades \
-		--results /tmp/dyart-robustness-a.md & \
-	PYTHONPATH=. .venv/bin/python bench/robustness.py --methods mart dyart \
-		--results /tmp/dyart-robustness-b.md; wait
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --train-only --methods clean pgd_at trades & \
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --train-only --methods mart dyart; wait
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-a.md & \
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-b.md; wait
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --table-only
 	.venv/bin/python bench/api_load.py
 	.venv/bin/python bench/benchmarks_md.py

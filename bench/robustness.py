@@ -16,20 +16,24 @@ every chunk round, so a long run shows partial results. Every finished chunk is 
 the ledger (bench/results/robustness-autoattack.json) under the sha256 of the weights it
 attacked, and each method's evaluated model is kept beside it (bench/results/
 robustness-models/), so a stopped run goes on where it stopped, on this machine or
-another (`--retrain` trains afresh). Two processes may share the ledger, one per core,
-which on two cores evaluates about 1.25x faster than one process on two threads:
+another (`--retrain` trains afresh). Several processes may share the ledger: each
+claims a chunk before attacking it and skips chunks another live process holds, so two
+processes, one per core, split the work (on two cores about 1.25x faster than one
+process on two threads). `make bench` trains in two processes, then evaluates in two:
 
-    ... robustness.py --methods clean pgd_at trades --results /tmp/a.md &
-    ... robustness.py --methods mart dyart --results /tmp/b.md
-    ... robustness.py --table-only    # then: the whole table from the ledger
+    ... robustness.py --train-only --methods clean pgd_at trades &
+    ... robustness.py --train-only --methods mart dyart; wait
+    ... robustness.py --results /tmp/a.md & ... robustness.py --results /tmp/b.md; wait
+    ... robustness.py --table-only    # the whole table from the ledger
 
-(`make bench` does this.) Training runs on one thread by default, so two runs train the
-same weights bit for bit; on more threads they do not (RELIABILITY.md).
+Training runs on one thread by default, so two runs train the same weights bit for
+bit; on more threads they do not (RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -38,6 +42,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,6 +82,9 @@ def parse_args() -> argparse.Namespace:
         "--models", default="bench/results/robustness-models",
         help="each method's evaluated model, row and epochs, kept with the results",
     )  # fmt: skip
+    p.add_argument(
+        "--train-only", action="store_true", help="train (or reuse) the models, attack nothing"
+    )
     p.add_argument(
         "--table-only", action="store_true",
         help="write the table from the kept models and the ledger; train and attack nothing",
@@ -215,6 +223,8 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int)
             continue
         if args.table_only:
             break
+        if not claim_chunk(args.ledger, digest, key):
+            continue  # another process is attacking it
         if model is None:
             model = load_model(weights, device=args.device)
         print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: {key}", flush=True)
@@ -239,18 +249,61 @@ def read_ledger(path: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def record_chunk(path: str | Path, digest: str, method: str, key: str, chunk: dict) -> None:
-    """Add one chunk's result to the ledger; several bench processes may share it."""
-    path = Path(path)
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the ledger's lock: several bench processes may share the ledger."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def claim_chunk(path: str | Path, digest: str, key: str) -> bool:
+    """Claim a chunk for this process: False if it is done, or another live process
+    on this machine holds it (a claim from a process that has ended is taken over;
+    AutoAttack's progress files let the new owner skip the attacks already run)."""
+    path = Path(path)
+    claims_path = path.with_name(path.name + ".claims")
+    with _locked(path):
+        if key in read_ledger(path).get(digest, {}).get("chunks", {}):
+            return False
+        claims = read_ledger(claims_path)
+        holder = claims.get(f"{digest}/{key}")
+        if holder and holder["pid"] != os.getpid() and _alive(holder["pid"]):
+            return False
+        claims[f"{digest}/{key}"] = {"pid": os.getpid(), "since": time.time()}
+        _write_json(claims_path, claims)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_chunk(path: str | Path, digest: str, method: str, key: str, chunk: dict) -> None:
+    """Add one chunk's result to the ledger and drop its claim."""
+    path = Path(path)
+    claims_path = path.with_name(path.name + ".claims")
+    with _locked(path):
         ledger = read_ledger(path)
         entry = ledger.setdefault(digest, {"method": method, "chunks": {}})
         entry["chunks"][key] = chunk
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        _write_json(path, ledger)
+        claims = read_ledger(claims_path)
+        if claims.pop(f"{digest}/{key}", None) is not None:
+            _write_json(claims_path, claims)
 
 
 def ledger_result(
@@ -402,7 +455,7 @@ def main() -> int:
         write_table(args, rows, command)
     # eps 0.3, the MNIST threat model, first; within an eps, chunk by chunk across the
     # methods, so a run stopped early leaves every method evaluated on as many images
-    for eps in sorted(args.eps, reverse=True):
+    for eps in sorted(args.eps, reverse=True) if not args.train_only else ():
         for limit in range(args.chunk, args.eval_n + args.chunk, args.chunk):
             for row in rows:
                 evaluate_method(args, row, eps, limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import multiprocessing
 import os
 import subprocess
@@ -115,3 +116,23 @@ def test_table_only_without_a_trained_model_says_which_and_where(tmp_path):
     assert "--table-only: clean has no trained model" in done.stderr
     assert str(tmp_path / "none" / "clean") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_chunk_is_attacked_by_one_live_process_at_a_time(tmp_path):
+    ledger = tmp_path / "ledger.json"
+    key = robustness.chunk_key("standard", 0.3, 0, 250)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims = {f"w1/{key}": {"pid": holder.pid, "since": 0.0}}
+        (tmp_path / "ledger.json.claims").write_text(json.dumps(claims))
+        assert not robustness.claim_chunk(ledger, "w1", key)  # a live process holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert robustness.claim_chunk(ledger, "w1", key)  # its holder has ended: taken over
+    assert robustness.claim_chunk(ledger, "w1", key)  # this process's own claim
+
+    robustness.record_chunk(ledger, "w1", "dyart", key, _chunk(250, 1.0, 0.8, 10))
+
+    assert not robustness.claim_chunk(ledger, "w1", key)  # done
+    assert robustness.read_ledger(tmp_path / "ledger.json.claims") == {}
