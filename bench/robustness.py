@@ -95,6 +95,10 @@ def parse_args() -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--results", default="bench/results/robustness.md")
     p.add_argument(
+        "--notes", default="bench/results/robustness-notes.md",
+        help="a hand-written reading of the results, put in the table's page if it exists",
+    )  # fmt: skip
+    p.add_argument(
         "--ledger", default="bench/results/robustness-autoattack.json",
         help="AutoAttack results per weights sha256 and chunk; the table is built from it",
     )  # fmt: skip
@@ -394,7 +398,8 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         + "\nAccuracy after each attack (in AutoAttack's order) and evaluation time:\n\n"
         + per_attack
         + "\n\n"
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
+        + (Path(args.notes).read_text().strip() + "\n\n" if Path(args.notes).is_file() else "")
+        + f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
         f"{torch.get_num_threads()} torch threads, device {args.device}, torch "
         f"{torch.__version__}.\n\n"
         + (
