@@ -16,25 +16,17 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from local_api import free_port, start_api
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 1}
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fresh_postgres(name: str) -> str:
@@ -58,25 +50,6 @@ def service_env(home: Path, port: int, postgres: bool) -> dict[str, str]:
         env["DYART_BROKER_URL"] = "redis://127.0.0.1:6379/14"
         env["DYART_RESULT_BACKEND"] = "redis://127.0.0.1:6379/14"
     return env
-
-
-def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    py = sys.executable
-    subprocess.run([py, "-m", "api.cli", "migrate"], env=env, cwd=ROOT, check=True)
-    command = [py, "-m", "uvicorn", "api.main:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health/ready", timeout=5).is_success:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the API did not start; see {log}")
 
 
 async def run_scenario(base: str, method: str, path: str, body: dict | None, n: int, clients: int):
@@ -118,7 +91,13 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dyart-bench-") as tmp:
         home = Path(tmp)
-        proc = start_api(service_env(home, port, args.postgres), port, home / "api.log")
+        proc = start_api(
+            service_env(home, port, args.postgres),
+            port,
+            home / "api.log",
+            migrate=True,
+            ready="health/ready",
+        )
         base = f"http://127.0.0.1:{port}/api/v1"
         try:
             rows = []

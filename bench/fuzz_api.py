@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-import httpx
+from local_api import free_port, start_api
 
 ROOT = Path(__file__).resolve().parents[1]
 # Checks that judge the API itself. ``positive_data_acceptance`` is left out: the
@@ -47,12 +46,6 @@ CHECKS = [
     "use_after_free",
     "ensure_resource_availability",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_env(home: Path, port: int, postgres: bool) -> dict[str, str]:
@@ -120,23 +113,6 @@ def seed(env: dict[str, str]) -> tuple[str, str, str]:
     )
     token, job_id, checkpoint_id = out.stdout.strip().splitlines()[-1].split()
     return token, job_id, checkpoint_id
-
-
-def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5).is_success:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the API did not start; see {log}")
 
 
 def failures(junit: Path) -> dict[str, list[str]]:
