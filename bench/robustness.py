@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -217,8 +218,8 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int)
     out = Path(row["out_dir"])
     weights = out / "model-best.safetensors"
     digest = row.setdefault("weights_sha256", file_sha256(weights))
-    data = load_dataset("mnist10k", val_size=row["config"]["val_size"], seed=0)
-    n = min(args.eval_n, len(data.test_x))
+    test_x, test_y = _test_set(row["config"]["val_size"])
+    n = min(args.eval_n, len(test_x))
     model = None
     for start in range(0, min(limit, n), args.chunk):
         end = min(start + args.chunk, n)
@@ -232,7 +233,7 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int)
         if model is None:
             model = load_model(weights, device=args.device)
         print(f"[{time.strftime('%H:%M:%S')}] {row['method']}: {key}", flush=True)
-        x, y = data.test_x[start:end].float() / 255, data.test_y[start:end]
+        x, y = test_x[start:end].float() / 255, test_y[start:end]
         started = time.perf_counter()
         result = autoattack_eval(
             model, x.to(args.device), y.to(args.device), eps_list=[eps], preset=args.preset,
@@ -242,6 +243,13 @@ def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int)
         chunk["seconds"] = time.perf_counter() - started
         record_chunk(args.ledger, digest, row["method"], key, chunk)
     row["results"][eps] = ledger_result(args.ledger, digest, args.preset, eps, n, args.chunk)
+
+
+@functools.cache
+def _test_set(val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-10k's test images and labels, loaded (and md5-checked) once per process."""
+    data = load_dataset("mnist10k", val_size=val_size, seed=0)
+    return data.test_x, data.test_y
 
 
 def chunk_key(preset: str, eps: float, start: int, end: int) -> str:
