@@ -99,7 +99,7 @@ def requeue_stale_evaluations(
             {"status": "failed", "finished_at": now,
              "error": f"gave up after {attempts} attempts: worker lost"}
             if failed
-            else {"status": "queued"}
+            else {"status": "queued", "sent_at": now, "resends": 0}
         )  # fmt: skip
         result = session.execute(
             update(Evaluation)
@@ -114,7 +114,7 @@ def requeue_stale_evaluations(
 
 
 def queued_evaluations_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
-    """Queued evaluations whose task went out over ``resend_after`` seconds ago (stamped now).
+    """Queued evaluations due to be sent again (``stamp_queued_to_resend``), stamped now.
 
     An evaluation whose task the broker never got (it was down when the API sent
     it, or lost it) would otherwise wait forever.

@@ -202,8 +202,9 @@ def release_job(session: Session, job_id: str, worker_id: str) -> bool:
     The attempt is given back too: the job was not lost, so it does not count.
     """
     return _finish(
-        session, job_id, worker_id, status="queued", sent_at=utcnow(), attempts=Job.attempts - 1
-    )
+        session, job_id, worker_id, status="queued", sent_at=utcnow(), resends=0,
+        attempts=Job.attempts - 1,
+    )  # fmt: skip
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -227,7 +228,7 @@ def resume_job(session: Session, job: Job) -> Job:
     if job.status not in ("canceled", "failed"):
         raise InvalidTransitionError(job.id, job.status, "queued")
     job.status, job.error, job.cancel_requested = "queued", None, False
-    job.attempts, job.finished_at, job.sent_at = 0, None, utcnow()
+    job.attempts, job.finished_at, job.sent_at, job.resends = 0, None, utcnow(), 0
     job.lease_owner = job.lease_expires_at = None
     session.flush()
     return job
@@ -331,35 +332,60 @@ def _stale_outcome(
         error = f"gave up after {attempts} attempts: worker lost"
         return {"status": "failed", "error": error, "finished_at": now}, error
     message = f"worker lost (heartbeat stale); requeued after attempt {attempts}"
-    return {"status": "queued", "sent_at": now}, message
+    return {"status": "queued", "sent_at": now, "resends": 0}, message
+
+
+# Each time the sweep sends a queued task again, it waits twice as long before the next
+# time, up to this many times ``resend_after``: a task lost by the broker is still sent
+# again after ``resend_after``, while a job merely waiting in a long queue gains a few
+# messages instead of one every ``resend_after``.
+RESEND_BACKOFF_MAX = 8
+
+
+def resend_interval(resend_after: float, resends: int) -> float:
+    """Seconds to wait after a task went out before sending it again, having re-sent
+    it ``resends`` times since it was last queued."""
+    return resend_after * min(2 ** min(resends, 30), RESEND_BACKOFF_MAX)
 
 
 def stamp_queued_to_resend(
     session: Session, model: type[Any], now: datetime, resend_after: float
 ) -> list[str]:
-    """Ids of queued ``model`` rows (jobs or evaluations) whose task went out over
-    ``resend_after`` seconds ago, stamped ``sent_at = now`` in the same statement.
+    """Ids of queued ``model`` rows (jobs or evaluations) due to be sent again, stamped
+    ``sent_at = now`` and one more ``resends``.
 
-    One conditional UPDATE ... RETURNING: of several workers sweeping at once, only
-    the one whose update stamps a row sends it again.
+    A row is due ``resend_interval(resend_after, resends)`` seconds after its task went
+    out. Rows are stamped by one conditional UPDATE ... RETURNING per ``resends`` value
+    (a handful), on ``status``, ``resends`` and ``sent_at``: of several workers
+    sweeping at once, only the one whose update stamps a row sends it again, and a row
+    queued afresh meanwhile (``sent_at`` now) is left alone.
     """
     cutoff = now - timedelta(seconds=resend_after)
-    due = or_(model.sent_at < cutoff, model.sent_at.is_(None))
-    ids = list(
-        session.scalars(
+    counts = session.scalars(
+        select(model.resends)
+        .where(model.status == "queued", or_(model.sent_at < cutoff, model.sent_at.is_(None)))
+        .distinct()
+    ).all()
+    ids: list[str] = []
+    for resends in sorted(counts):
+        due_cutoff = now - timedelta(seconds=resend_interval(resend_after, resends))
+        ids += session.scalars(
             update(model)
-            .where(model.status == "queued", due)
-            .values(sent_at=now)
+            .where(
+                model.status == "queued",
+                model.resends == resends,
+                or_(model.sent_at < due_cutoff, model.sent_at.is_(None)),
+            )
+            .values(sent_at=now, resends=resends + 1)
             .returning(model.id)
             .execution_options(synchronize_session=False)
         )
-    )
     session.commit()
     return ids
 
 
 def queued_jobs_to_resend(session: Session, now: datetime, resend_after: float) -> list[str]:
-    """Queued jobs whose task went out over ``resend_after`` seconds ago (stamped now)."""
+    """Queued jobs due to be sent again (``stamp_queued_to_resend``), stamped now."""
     return stamp_queued_to_resend(session, Job, now, resend_after)
 
 

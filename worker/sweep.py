@@ -8,7 +8,9 @@ Every ``sweep_seconds`` it
 * does the same for evaluations;
 * sends again the task of any job or evaluation still queued
   ``resend_after_seconds`` after its task went out (the broker was down when
-  the API sent it, or lost it).
+  the API sent it, or lost it); each further re-send waits twice as long, up
+  to 8 times ``resend_after_seconds`` (``db.jobs.resend_interval``), so a job
+  merely waiting in a long queue gains a few messages, not one per interval.
 
 Several workers may sweep at once: each change is a conditional UPDATE, so a
 job is requeued once, and a task sent twice finds the lease and exits.

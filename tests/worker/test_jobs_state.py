@@ -179,6 +179,83 @@ def test_queued_jobs_to_resend_only_after_the_delay(session_factory, job_id):
         assert jobs.queued_jobs_to_resend(session, now + timedelta(seconds=302), 300) == []
 
 
+def _resend_times(session_factory, job_id, sent, resend_after, horizon):
+    """Seconds after ``sent`` at which a sweep every second sends the job again."""
+    times = []
+    with session_factory() as session:
+        for second in range(1, horizon + 1):
+            if jobs.queued_jobs_to_resend(session, sent + timedelta(seconds=second), resend_after):
+                times.append(second)
+    return times
+
+
+def test_resend_waits_double_each_time_up_to_the_cap(session_factory, job_id):
+    sent = _job(session_factory, job_id).sent_at
+    # waits 10, 20, 40, 80, then 80 (8 x 10) for good: 10, 30, 70, 150, 230, 310
+    assert _resend_times(session_factory, job_id, sent, 10, 330) == [11, 32, 73, 154, 235, 316]
+    assert _job(session_factory, job_id).resends == 6
+    assert [jobs.resend_interval(300, k) for k in (0, 1, 2, 3, 4, 100)] == [
+        300,
+        600,
+        1200,
+        2400,
+        2400,
+        2400,
+    ]
+
+
+def test_requeue_and_resume_start_the_resend_wait_afresh(session_factory, job_id):
+    sent = _job(session_factory, job_id).sent_at
+    with session_factory() as session:
+        for seconds in (301, 902, 2103):
+            assert jobs.queued_jobs_to_resend(session, sent + timedelta(seconds=seconds), 300) == [
+                job_id
+            ]
+    assert _job(session_factory, job_id).resends == 3
+    start = utcnow()
+    assert _claim(session_factory, job_id, "a", now=start)
+    with session_factory() as session:
+        assert jobs.requeue_stale_jobs(session, start + timedelta(seconds=61), 60) == [job_id]
+    job = _job(session_factory, job_id)
+    assert job.resends == 0
+    with session_factory() as session:
+        # the first re-send after the requeue comes after 300 s again, not 2,400 s
+        assert jobs.queued_jobs_to_resend(session, job.sent_at + timedelta(seconds=299), 300) == []
+        assert jobs.queued_jobs_to_resend(session, job.sent_at + timedelta(seconds=301), 300) == [
+            job_id
+        ]
+        job = session.get(Job, job_id)
+        jobs.request_cancel(session, job)
+        jobs.resume_job(session, job)
+        session.commit()
+        assert (job.status, job.resends) == ("queued", 0)
+
+
+def _resend_in_process(url, now, barrier, results):
+    from db.session import engine_for_url, make_session_factory
+
+    engine = engine_for_url(url)
+    barrier.wait()
+    with make_session_factory(engine)() as session:
+        results.put(jobs.queued_jobs_to_resend(session, now, 300))
+    engine.dispose()
+
+
+def test_concurrent_sweeps_send_a_due_job_once(settings, session_factory, job_id):
+    later = _job(session_factory, job_id).sent_at + timedelta(seconds=301)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    args = (settings.database_url, later, barrier, results)
+    procs = [ctx.Process(target=_resend_in_process, args=args) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    sent = [results.get(timeout=5) for _ in procs]
+    assert sorted(sent) == [[], [], [], [job_id]]
+    assert _job(session_factory, job_id).resends == 1
+
+
 def test_add_log_keeps_order(session_factory, job_id):
     with session_factory() as session:
         for i in range(3):
@@ -229,3 +306,8 @@ def test_queued_evaluations_are_sent_again_only_after_the_delay(session_factory,
         assert evaluations.queued_evaluations_to_resend(session, now, 300) == []
         assert evaluations.queued_evaluations_to_resend(session, later, 300) == [row.id]
         assert evaluations.queued_evaluations_to_resend(session, later, 300) == []  # stamped
+        # the next wait is twice as long
+        again = later + timedelta(seconds=599)
+        assert evaluations.queued_evaluations_to_resend(session, again, 300) == []
+        again += timedelta(seconds=2)
+        assert evaluations.queued_evaluations_to_resend(session, again, 300) == [row.id]
