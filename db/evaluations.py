@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.jobs import stamp_queued_to_resend
+from db.jobs import explained_by_outage, stamp_queued_to_resend
 from db.models import Evaluation, utcnow
 
 
@@ -82,25 +82,36 @@ def finish_evaluation(
 
 
 def requeue_stale_evaluations(
-    session: Session, now: datetime, stale_after: float, max_attempts: int
+    session: Session,
+    now: datetime,
+    stale_after: float,
+    max_attempts: int,
+    outage_began: datetime | None = None,
 ) -> list[str]:
-    """Stale running evaluations back to queued (or failed when out of attempts)."""
+    """Stale running evaluations back to queued (or failed when out of attempts).
+
+    As for jobs (``db.jobs.requeue_stale_jobs``), one whose heartbeat went stale
+    during a database outage the sweep saw gets its attempt back.
+    """
     cutoff = now - timedelta(seconds=stale_after)
     stale = or_(Evaluation.heartbeat_at < cutoff, Evaluation.heartbeat_at.is_(None))
     rows = session.execute(
-        select(Evaluation.id, Evaluation.attempts).where(
+        select(Evaluation.id, Evaluation.attempts, Evaluation.heartbeat_at).where(
             Evaluation.status == "running", Evaluation.lease_owner.is_not(None), stale
         )
     ).all()
     requeued = []
-    for evaluation_id, attempts in rows:
-        failed = attempts >= max_attempts
+    for evaluation_id, attempts, heartbeat_at in rows:
+        outage = explained_by_outage(heartbeat_at, stale_after, outage_began)
+        failed = attempts >= max_attempts and not outage
         values: dict[str, Any] = (
             {"status": "failed", "finished_at": now,
              "error": f"gave up after {attempts} attempts: worker lost"}
             if failed
             else {"status": "queued", "sent_at": now, "resends": 0}
         )  # fmt: skip
+        if outage:
+            values["attempts"] = max(attempts - 1, 0)
         result = session.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == "running", stale)

@@ -292,26 +292,35 @@ def add_log(session: Session, job_id: str, message: str, level: str = "INFO") ->
     return line
 
 
-def requeue_stale_jobs(session: Session, now: datetime, stale_after: float) -> list[str]:
+def requeue_stale_jobs(
+    session: Session, now: datetime, stale_after: float, outage_began: datetime | None = None
+) -> list[str]:
     """Requeue running jobs whose heartbeat is older than ``stale_after`` seconds.
 
     A job out of attempts fails ("gave up after N attempts: worker lost"); a job
-    with a pending cancel ends canceled. Each change is a conditional UPDATE, so
-    two sweeps at once cannot both take a job. Returns the ids to send again.
+    with a pending cancel ends canceled. ``outage_began``: when the sweeping process
+    last reached the database before an outage it saw (``OutageClock``). A job whose
+    heartbeat was still fresh then went stale because its worker could not write
+    either: it is requeued with its attempt given back, not blamed on the worker.
+    Each change is a conditional UPDATE, so two sweeps at once cannot both take a
+    job. Returns the ids to send again.
     """
     cutoff = now - timedelta(seconds=stale_after)
+    stale_heartbeat = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
     stale = session.execute(
-        select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested).where(
-            Job.status == "running", or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
-        )
+        select(
+            Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.heartbeat_at
+        ).where(Job.status == "running", stale_heartbeat)
     ).all()
     requeued = []
-    for job_id, attempts, max_attempts, cancel in stale:
-        values, message = _stale_outcome(attempts, max_attempts, cancel, now)
+    for job_id, attempts, max_attempts, cancel, heartbeat_at in stale:
+        if explained_by_outage(heartbeat_at, stale_after, outage_began) and not cancel:
+            values, message = _outage_outcome(attempts, heartbeat_at, now)
+        else:
+            values, message = _stale_outcome(attempts, max_attempts, cancel, now)
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .where(or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None)))
+            .where(Job.id == job_id, Job.status == "running", stale_heartbeat)
             .values(lease_owner=None, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
         )
@@ -321,6 +330,28 @@ def requeue_stale_jobs(session: Session, now: datetime, stale_after: float) -> l
                 requeued.append(job_id)
     session.commit()
     return requeued
+
+
+def explained_by_outage(
+    heartbeat_at: datetime | None, stale_after: float, outage_began: datetime | None
+) -> bool:
+    """Whether a heartbeat went stale during a database outage rather than before it:
+    it was less than ``stale_after`` old when the outage began."""
+    if heartbeat_at is None or outage_began is None:
+        return False
+    return heartbeat_at + timedelta(seconds=stale_after) > outage_began
+
+
+def _outage_outcome(
+    attempts: int, heartbeat_at: datetime, now: datetime
+) -> tuple[dict[str, Any], str]:
+    silent = (now - heartbeat_at).total_seconds()
+    message = (
+        f"database unreachable for longer than the lease (no heartbeat for {silent:.0f} s); "
+        f"requeued with attempt {attempts} given back, it resumes from its latest checkpoint"
+    )
+    values = {"status": "queued", "sent_at": now, "resends": 0, "attempts": max(attempts - 1, 0)}
+    return values, message
 
 
 def _stale_outcome(

@@ -4,7 +4,9 @@ Every ``sweep_seconds`` it
 
 * requeues running jobs whose heartbeat is older than ``stale_after_seconds``
   (their worker died; the job resumes from its latest checkpoint), or fails
-  them once they have used ``max_attempts``;
+  them once they have used ``max_attempts``; a heartbeat that went stale during
+  a database outage this process saw (``OutageClock``) is not the worker's
+  fault, and the job gets its attempt back;
 * does the same for evaluations;
 * sends again the task of any job or evaluation still queued
   ``resend_after_seconds`` after its task went out (the broker was down when
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -36,13 +39,46 @@ _stop = threading.Event()
 _thread: threading.Thread | None = None
 
 
-def sweep_once(session: Any, app: Celery, settings: Settings) -> dict[str, list[str]]:
-    """One pass; returns the ids it sent again, by kind."""
+class OutageClock:
+    """When this process last reached the database before an outage it saw.
+
+    ``began`` is set at the first failed pass after a good one (to that good
+    pass's time, at or before the outage's start) and forgotten
+    ``stale_after`` seconds after the database answers again: by then every live
+    worker has written a heartbeat, so a job still stale was lost otherwise.
+    A second outage within that time extends the first.
+    """
+
+    def __init__(self, stale_after: float, now: datetime) -> None:
+        self.stale_after = stale_after
+        self.last_answer = now
+        self.began: datetime | None = None
+        self._answered_again: datetime | None = None
+
+    def unreachable(self) -> None:
+        if self.began is None:
+            self.began = self.last_answer
+        self._answered_again = None
+
+    def answered(self, now: datetime) -> None:
+        if self.began is not None:
+            if self._answered_again is None:
+                self._answered_again = now
+            elif (now - self._answered_again).total_seconds() > self.stale_after:
+                self.began = self._answered_again = None
+        self.last_answer = now
+
+
+def sweep_once(
+    session: Any, app: Celery, settings: Settings, outage_began: datetime | None = None
+) -> dict[str, list[str]]:
+    """One pass; returns the ids it sent again, by kind. ``outage_began``: see
+    ``OutageClock``."""
     now = utcnow()
-    stale = jobs.requeue_stale_jobs(session, now, settings.stale_after_seconds)
+    stale = jobs.requeue_stale_jobs(session, now, settings.stale_after_seconds, outage_began)
     unsent = jobs.queued_jobs_to_resend(session, now, settings.resend_after_seconds)
     stale_evaluations = evaluations.requeue_stale_evaluations(
-        session, now, settings.stale_after_seconds, settings.max_attempts
+        session, now, settings.stale_after_seconds, settings.max_attempts, outage_began
     )
     stale_evaluations += evaluations.queued_evaluations_to_resend(
         session, now, settings.resend_after_seconds
@@ -60,13 +96,17 @@ def sweep_once(session: Any, app: Celery, settings: Settings) -> dict[str, list[
 
 
 def _loop(app: Celery, settings: Settings) -> None:
-    from worker.runner import log_retry, session_factory
+    from worker.runner import DATABASE_DOWN, log_retry, session_factory
 
+    clock = OutageClock(settings.stale_after_seconds, utcnow())
     while not _stop.is_set():
         try:
             with session_factory()() as session:
-                sweep_once(session, app, settings)
+                sweep_once(session, app, settings, clock.began)
+            clock.answered(utcnow())
         except Exception as exc:  # a database or broker blip: try again next time
+            if isinstance(exc, DATABASE_DOWN):
+                clock.unreachable()
             log_retry("sweep", exc, settings.sweep_seconds)
         _stop.wait(settings.sweep_seconds)
 

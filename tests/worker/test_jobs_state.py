@@ -114,6 +114,82 @@ def test_requeue_stale_jobs_then_give_up_after_max_attempts(session_factory, job
     assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
 
 
+def test_a_heartbeat_gone_stale_in_a_database_outage_gets_its_attempt_back(session_factory, job_id):
+    start = utcnow()
+    for attempt in (1, 2):  # the second time the job is at max_attempts (2): not failed
+        assert _claim(session_factory, job_id, f"w{attempt}", now=start)
+        began = start + timedelta(seconds=10)  # the sweep last reached the database then
+        with session_factory() as session:
+            assert jobs.requeue_stale_jobs(
+                session, start + timedelta(seconds=90), 60, outage_began=began
+            ) == [job_id]
+            message = session.scalars(
+                select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id.desc())
+            ).first()
+        job = _job(session_factory, job_id)
+        assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None)
+        assert message == (
+            "database unreachable for longer than the lease (no heartbeat for 90 s); "
+            "requeued with attempt 1 given back, it resumes from its latest checkpoint"
+        )
+    assert _claim(session_factory, job_id, "w3", now=start)
+    assert _job(session_factory, job_id).attempts == 1
+
+
+def test_a_heartbeat_already_stale_before_the_outage_is_the_worker_lost(session_factory, job_id):
+    start = utcnow()
+    assert _claim(session_factory, job_id, "w", now=start)
+    with session_factory() as session:
+        # the heartbeat was 70 s old when the outage began: the worker was gone already
+        assert jobs.requeue_stale_jobs(
+            session, start + timedelta(seconds=90), 60, outage_began=start + timedelta(seconds=70)
+        ) == [job_id]
+        messages = list(session.scalars(select(JobLog.message).where(JobLog.job_id == job_id)))
+    assert _job(session_factory, job_id).attempts == 1
+    assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
+
+
+def test_evaluation_stale_in_an_outage_gets_its_attempt_back(session_factory, job_id):
+    from db import evaluations
+    from db.models import Evaluation
+
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        eid, start = row.id, utcnow()
+        assert evaluations.claim_evaluation(session, eid, "a", 10, max_attempts=1, now=start)
+        later, began = start + timedelta(seconds=90), start + timedelta(seconds=5)
+        assert evaluations.requeue_stale_evaluations(session, later, 60, 1, began) == [eid]
+        row = session.get(Evaluation, eid)
+        session.refresh(row)
+        assert (row.status, row.attempts) == ("queued", 0)
+
+
+def test_outage_clock_remembers_the_last_answer_before_an_outage_for_stale_after():
+    from worker.sweep import OutageClock
+
+    t0 = utcnow()
+    at = lambda seconds: t0 + timedelta(seconds=seconds)  # noqa: E731
+    clock = OutageClock(stale_after=60, now=t0)
+    clock.answered(at(10))
+    assert clock.began is None
+    clock.unreachable()
+    clock.unreachable()
+    assert clock.began == at(10)
+    clock.answered(at(100))  # back: remembered until 60 s after this answer
+    clock.answered(at(150))
+    assert clock.began == at(10)
+    clock.unreachable()  # a second outage within the window extends the first
+    clock.answered(at(200))
+    clock.answered(at(250))
+    assert clock.began == at(10)
+    clock.answered(at(261))
+    assert clock.began is None
+    clock.unreachable()
+    assert clock.began == at(261)
+
+
 def test_stale_job_with_cancel_pending_ends_canceled(session_factory, job_id):
     start = utcnow()
     assert _claim(session_factory, job_id, "a", now=start)
