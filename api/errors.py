@@ -147,7 +147,7 @@ async def _config_invalid(request: Request, exc: ConfigErrors) -> JSONResponse:
 DATABASE_RETRY_SECONDS = 5
 
 
-def _database_down(exc: Exception) -> bool:
+def database_down(exc: BaseException) -> bool:
     """Is ``exc`` the database being unreachable or busy (not a bug in a query)?"""
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeoutError)):
         return True
@@ -156,7 +156,7 @@ def _database_down(exc: Exception) -> bool:
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """503 while the database cannot be reached; any other database error is a bug (500)."""
-    if not _database_down(exc):
+    if not database_down(exc):
         raise exc
     first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
     log.warning(

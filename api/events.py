@@ -7,7 +7,10 @@ changed since the last look (about twice a second) and emits it:
 * ``metric``     each new per-epoch metrics row,
 * ``log``        each new log line,
 * ``evaluation`` an evaluation, whenever it changes,
-* ``end``        once the job is final and no evaluation of it is pending.
+* ``end``        once the job is final and no evaluation of it is pending,
+* ``unavailable`` once when the database stops answering; the stream stays open,
+  keeps polling, and carries on from where it was when the database is back
+  (the next ``job`` event says it is).
 
 Event ids are ``<last metric id>-<last log id>``: a client that reconnects with
 ``Last-Event-ID`` (or ``?since=``) gets only the rows it has not seen, plus the
@@ -17,6 +20,7 @@ current job and evaluations.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,7 +30,10 @@ import anyio
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api.errors import database_down
 from db.models import Job, JobLog, JobMetric
+
+log = logging.getLogger("api.events")
 
 FINAL = ("succeeded", "failed", "canceled")
 PENDING_EVALUATION = ("queued", "running")
@@ -34,6 +41,10 @@ KEEPALIVE_SECONDS = 15.0
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
 _MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
+UNAVAILABLE = (
+    "database unavailable: the service cannot reach its database right now; "
+    "live updates resume when it answers"
+)
 
 
 @dataclass
@@ -141,10 +152,30 @@ class JobEventStream:
         """Poll until the job is final (then ``end``) or the client goes away."""
         yield "retry: 2000\n\n"
         quiet_since = time.monotonic()
+        down = False
         while not await is_disconnected():
-            snap = await run_in_threadpool(
-                take_snapshot, self.session_factory, self.job_id, self.cursor
-            )
+            try:
+                snap = await run_in_threadpool(
+                    take_snapshot, self.session_factory, self.job_id, self.cursor
+                )
+            except Exception as exc:
+                if not database_down(exc):
+                    raise
+                if not down:
+                    down, quiet_since = True, time.monotonic()
+                    log.warning(
+                        "event stream of job %s: database unreachable (%s); still polling",
+                        self.job_id, type(exc).__name__,
+                    )  # fmt: skip
+                    yield sse("unavailable", {"detail": UNAVAILABLE}, self.cursor)
+                elif time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await anyio.sleep(max(poll_seconds, 1.0))
+                continue
+            if down:
+                down, self.last_job = False, None  # say it is back with the current job
+                log.info("event stream of job %s: database answers again", self.job_id)
             for message in self.changes(snap):
                 quiet_since = time.monotonic()
                 yield message

@@ -23,7 +23,8 @@ async def job_events(
     since: str | None = Query(None, description="resume after this event id"),
     last_event_id: str | None = Header(None),
 ) -> StreamingResponse:
-    """Live events: job, metric, log, evaluation, then end when the job is final."""
+    """Live events: job, metric, log, evaluation, then end when the job is final;
+    unavailable (once) while the database cannot be reached, the stream staying open."""
     cursor = Cursor.parse(last_event_id or since)
     stream = JobEventStream(request.app.state.session_factory, job.id, cursor)
     poll = getattr(request.app.state, "events_poll_seconds", 0.5)

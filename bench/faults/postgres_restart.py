@@ -6,8 +6,10 @@ of its own on ``--redis-port`` (default 6392), the API and two workers. Submits
 three tiny jobs, waits until one is training, stops Postgres with ``pg_ctl stop
 -m immediate`` (a crash: every connection is cut, no shutdown checkpoint), and
 while it is down asks the API what a user would: list and get jobs, submit one,
-health and readiness. After ``--down`` seconds Postgres is started again. Reports
-what the user saw (status codes, bodies, latency; tracebacks in the API's log),
+health and readiness, and a client follows the training job's event stream
+throughout (as the dashboard does, reconnecting if it is cut). After ``--down``
+seconds Postgres is started again. Reports what the user saw (status codes,
+bodies, latency; tracebacks in the API's log; the stream's events and connections),
 then, once every job has ended: the jobs' statuses and attempts, whether a job
 was lost or trained to its end twice, what the workers logged, and whether any
 incomplete checkpoint was offered for download.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -66,6 +69,62 @@ def user_view(client: httpx.Client, job_id: str, spec: dict) -> dict:
         "GET /health": probe(client, "GET", "/api/v1/health"),
         "GET /health/ready": probe(client, "GET", "/api/v1/health/ready"),
     }
+
+
+class StreamFollower(threading.Thread):
+    """Follows ``GET /jobs/{id}/events`` as the dashboard does: reconnects with
+    Last-Event-ID 2 s after the stream is cut or refused, until ``end``."""
+
+    def __init__(self, stack: Stack, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.job_id = stack, job_id
+        self.events: list[tuple[float, str]] = []  # (monotonic time, event type)
+        self.connections, self.refused, self.cut = 0, Counter(), 0
+        self.ended: str | None = None
+        self.last_id: str | None = None
+
+    def run(self) -> None:
+        path = f"/api/v1/jobs/{self.job_id}/events"
+        while self.ended is None:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                with self.stack.client(timeout=None) as client:
+                    with client.stream("GET", path, headers=headers) as response:
+                        if response.status_code != 200:
+                            self.refused[response.status_code] += 1
+                        else:
+                            self.connections += 1
+                            self._read(response)
+                            if self.ended is None:
+                                self.cut += 1
+            except httpx.HTTPError:
+                self.cut += 1
+            if self.ended is None:
+                time.sleep(2)
+
+    def _read(self, response: httpx.Response) -> None:
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                self.last_id = line[4:]
+            elif line.startswith("event: "):
+                kind = line[7:]
+                self.events.append((time.monotonic(), kind))
+            elif line.startswith("data: ") and kind == "end":
+                self.ended = json.loads(line[6:])["status"]
+                return
+
+    def report(self, down_at: float, up_at: float) -> dict:
+        during = [k for t, k in self.events if down_at <= t < up_at]
+        after = [k for t, k in self.events if t >= up_at]
+        return {
+            "connections": self.connections,
+            "refused": dict(self.refused),
+            "cut": self.cut,
+            "events_while_down": dict(Counter(during)),
+            "first_events_after_restart": after[:3],
+            "ended": self.ended,
+        }
 
 
 def worker_events(stack: Stack) -> dict:
@@ -133,6 +192,9 @@ def main() -> int:
 
             training_ids = wait(training, "a job to train", 300)
             watched = training_ids[0]
+            follower = StreamFollower(stack, watched)
+            follower.start()
+            wait(lambda: follower.events, "the event stream's first event", 30)
             report["jobs_at_crash"] = dict(Counter(j["status"] for j in stack.jobs().values()))
             stack.engine.dispose()
             pg.stop("immediate")
@@ -152,6 +214,8 @@ def main() -> int:
             }
             jobs = stack.wait_all_final(args.timeout)
             report["all_ended_seconds_after_restart"] = round(time.monotonic() - restarted)
+            follower.join(30)
+            report["event_stream"] = follower.report(down_at, restarted)
             listed = client.get("/api/v1/jobs", params={"limit": 500}).json()
         accepted = 3 + sum(
             v["POST /jobs"]["status"] == 201
@@ -188,6 +252,7 @@ def main() -> int:
     print(json.dumps(report, indent=2, default=str))
     ok = report.get("lost") == 0 and not report.get("trained_to_the_end_more_than_once")
     ok = ok and report.get("by_status") == {"succeeded": report.get("accepted")}
+    ok = ok and report.get("event_stream", {}).get("ended") == "succeeded"
     return 0 if ok else 1
 
 

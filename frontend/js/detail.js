@@ -89,7 +89,10 @@ export async function detailPage(main, { parts }) {
   drawJob(); drawCharts(); drawLog();
   await Promise.all([drawEvals(), drawCheckpoints()]);
 
+  let paused = false; // the stream said the database is unreachable
   const stop = follow(`/jobs/${id}/events`, (type, data) => {
+    if (type === "unavailable") { paused = true; say(data.detail); return; }
+    if (paused) { paused = false; say("Live updates resumed."); }
     if (type === "job") { job = data; drawJob(); }
     else if (type === "metric") { rows = [...rows, data]; drawCharts(); drawCheckpoints().catch(() => {}); }
     else if (type === "log") { lines.push(typeof data === "string" ? data : `${data.ts ?? ""} ${data.level ?? ""} ${data.message}`); drawLog(); }

@@ -124,3 +124,68 @@ def test_events_wait_for_pending_evaluation(client, make_job, app):
     assert [e["status"] for e in evaluations] == ["running", "succeeded"]
     assert evaluations[-1]["results"][0]["robust_acc"] == 0.5
     assert events[-1][1] == "end"
+
+
+def test_event_stream_stays_open_through_a_database_outage(tmp_path, caplog):
+    """The database's folder goes away while a client follows a job (every new
+    connection fails to open), then comes back and the job ends: the client gets one
+    ``unavailable`` event, then the current job, the new rows and ``end``, in one
+    stream, with no traceback."""
+    import asyncio
+    import logging
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from api.events import UNAVAILABLE, Cursor, JobEventStream
+    from db.models import User
+    from db.session import make_session_factory, upgrade_database
+
+    folder, away = tmp_path / "data", tmp_path / "data-away"
+    folder.mkdir()
+    url = f"sqlite:///{folder}/service.db"
+    upgrade_database(url)
+    engine = create_engine(url, poolclass=NullPool)  # a new connection for every read
+    factory = make_session_factory(engine)
+    with factory() as session:
+        owner = User(name="owner")
+        session.add(owner)
+        session.flush()
+        job = Job(owner_id=owner.id, method="dyart", dataset="digits", status="running")
+        session.add(job)
+        session.commit()
+        job_id = job.id
+
+    def back_and_finish():
+        away.rename(folder)
+        with factory() as session:
+            session.add(JobMetric(job_id=job_id, stage="train", epoch=1, train_loss=1.0))
+            session.get(Job, job_id).status = "succeeded"
+            session.commit()
+
+    async def follow() -> list[str]:
+        async def connected() -> bool:
+            return False
+
+        messages = []
+        async for message in JobEventStream(factory, job_id, Cursor()).messages(connected, 0.02):
+            messages.append(message)
+            if message.startswith("id: 0-0\nevent: job\n") and len(messages) == 2:
+                folder.rename(away)  # the database goes away
+            elif "event: unavailable" in message:
+                await asyncio.sleep(0.3)  # a few failed polls: still one event
+                back_and_finish()
+        return messages
+
+    with caplog.at_level(logging.INFO, logger="api.events"):
+        messages = asyncio.run(asyncio.wait_for(follow(), 30))
+    events = parse_sse("".join(messages))
+    assert [kind for _, kind, _ in events] == ["job", "unavailable", "metric", "job", "end"]
+    assert events[1][2] == {"detail": UNAVAILABLE}
+    assert events[3][2]["status"] == "succeeded" and events[4][2] == {"status": "succeeded"}
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "database unreachable (OperationalError); still polling",
+        "database answers again",
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+    engine.dispose()
