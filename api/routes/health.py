@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -26,7 +26,7 @@ def _database_ok(request: Request) -> bool:
 def _health(request: Request) -> HealthPublic:
     database = "ok" if _database_ok(request) else "unreachable"
     broker = "ok" if broker_reachable(request.app.state.celery) else "unreachable"
-    status = "ok" if database == "ok" else "degraded"
+    status = "ok" if database == broker == "ok" else "degraded"
     return HealthPublic(status=status, database=database, broker=broker, version=__version__)
 
 
@@ -37,7 +37,16 @@ def health(request: Request) -> HealthPublic:
 
 
 @router.get("/health/ready", response_model=HealthPublic, responses={503: {"model": HealthPublic}})
-def ready(request: Request) -> JSONResponse:
-    """Readiness: 503 while the database is unreachable (jobs cannot be accepted)."""
+def ready(
+    request: Request,
+    require_broker: bool = Query(
+        False,
+        description="also 503 while the broker is unreachable (by default jobs are still "
+        "accepted then: they are kept and sent when it is back)",
+    ),
+) -> JSONResponse:
+    """Readiness: 503 while the database is unreachable (jobs cannot be accepted), and
+    with ``require_broker`` while the broker is."""
     body = _health(request)
-    return JSONResponse(body.model_dump(), status_code=200 if body.database == "ok" else 503)
+    ready = body.database == "ok" and (body.broker == "ok" or not require_broker)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

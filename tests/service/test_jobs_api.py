@@ -32,7 +32,15 @@ def test_create_job_commits_the_row_when_the_broker_is_down(settings, make_user)
         assert response.status_code == 201
         assert c.get(f"/api/v1/jobs/{response.json()['id']}").json()["status"] == "queued"
         health = c.get("/api/v1/health").json()
-        assert health["broker"] == "unreachable" and health["database"] == "ok"
+        assert (health["status"], health["broker"], health["database"]) == (
+            "degraded",
+            "unreachable",
+            "ok",
+        )
+        # ready to accept jobs (they are kept and sent later), unless the broker is required
+        assert c.get("/api/v1/health/ready").status_code == 200
+        strict = c.get("/api/v1/health/ready?require_broker=true")
+        assert strict.status_code == 503 and strict.json()["broker"] == "unreachable"
     app.state.engine.dispose()
 
 
