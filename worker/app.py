@@ -29,12 +29,37 @@ and works with the serverless SQLite broker of the embedded mode.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from db.settings import Settings, get_settings
+
+
+class AckAfterBrokerLoss(logging.Filter):
+    """kombu logs ``CRITICAL Couldn't ack …`` with a traceback when a finished task's
+    message cannot be acknowledged because the broker connection went away (a broker
+    restart). Nothing is lost or run twice then: the job's row is already final, and
+    a copy the broker delivers again finds it so and returns. This says that, as a
+    warning without the traceback."""
+
+    MESSAGE = (
+        "could not acknowledge a finished task's message (delivery tag %r, %r): the "
+        "broker connection was lost; if the broker delivers it again, the job's state "
+        "in the database turns the copy away"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.CRITICAL and str(record.msg).startswith("Couldn't ack"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.exc_info, record.exc_text = self.MESSAGE, None, None
+        return True
+
+
+# Celery's request logger is the one kombu's ``ack_log_error`` is handed.
+logging.getLogger("celery.worker.request").addFilter(AckAfterBrokerLoss())
 
 
 def transport_options(broker_url: str) -> dict[str, Any]:
