@@ -149,16 +149,25 @@ def test_a_heartbeat_already_stale_before_the_outage_is_the_worker_lost(session_
     assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
 
 
+def _claimed_evaluation(session, job_id, max_attempts):
+    """A new evaluation of the job, claimed by worker "a" now: (its id, now)."""
+    from db import evaluations
+    from db.models import Evaluation
+
+    row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
+    session.add(row)
+    session.commit()
+    start = utcnow()
+    assert evaluations.claim_evaluation(session, row.id, "a", 10, max_attempts, now=start)
+    return row.id, start
+
+
 def test_evaluation_stale_in_an_outage_gets_its_attempt_back(session_factory, job_id):
     from db import evaluations
     from db.models import Evaluation
 
     with session_factory() as session:
-        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        eid, start = row.id, utcnow()
-        assert evaluations.claim_evaluation(session, eid, "a", 10, max_attempts=1, now=start)
+        eid, start = _claimed_evaluation(session, job_id, max_attempts=1)
         later, began = start + timedelta(seconds=90), start + timedelta(seconds=5)
         assert evaluations.requeue_stale_evaluations(session, later, 60, 1, began) == [eid]
         row = session.get(Evaluation, eid)
@@ -349,11 +358,7 @@ def test_evaluation_lease_is_exclusive_and_stale_ones_requeue(session_factory, j
     from db.models import Evaluation
 
     with session_factory() as session:
-        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        eid, start = row.id, utcnow()
-        assert evaluations.claim_evaluation(session, eid, "a", 10, max_attempts=2, now=start)
+        eid, start = _claimed_evaluation(session, job_id, max_attempts=2)
         assert not evaluations.claim_evaluation(session, eid, "b", 10, max_attempts=2, now=start)
         assert not evaluations.renew_evaluation_lease(session, eid, "b", 10)
         assert evaluations.requeue_stale_evaluations(
