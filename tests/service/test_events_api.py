@@ -177,8 +177,15 @@ def test_event_stream_stays_open_through_a_database_outage(tmp_path, caplog):
                 back_and_finish()
         return messages
 
+    out: list[list[str]] = []
+    # a thread of its own: an event loop may already run in this one (the browser tests')
+    runner = threading.Thread(
+        target=lambda: out.append(asyncio.run(asyncio.wait_for(follow(), 30)))
+    )
     with caplog.at_level(logging.INFO, logger="api.events"):
-        messages = asyncio.run(asyncio.wait_for(follow(), 30))
+        runner.start()
+        runner.join(40)
+    (messages,) = out
     events = parse_sse("".join(messages))
     assert [kind for _, kind, _ in events] == ["job", "unavailable", "metric", "job", "end"]
     assert events[1][2] == {"detail": UNAVAILABLE}
