@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.jobs import explained_by_outage, stamp_queued_to_resend
+from db.jobs import explained_by_outage, queued_again, stamp_queued_to_resend
 from db.models import Evaluation, utcnow
 
 
@@ -108,10 +108,8 @@ def requeue_stale_evaluations(
             {"status": "failed", "finished_at": now,
              "error": f"gave up after {attempts} attempts: worker lost"}
             if failed
-            else {"status": "queued", "sent_at": now, "resends": 0}
+            else queued_again(now, give_back=attempts if outage else None)
         )  # fmt: skip
-        if outage:
-            values["attempts"] = max(attempts - 1, 0)
         result = session.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == "running", stale)

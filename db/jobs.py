@@ -201,10 +201,7 @@ def release_job(session: Session, job_id: str, worker_id: str) -> bool:
 
     The attempt is given back too: the job was not lost, so it does not count.
     """
-    return _finish(
-        session, job_id, worker_id, status="queued", sent_at=utcnow(), resends=0,
-        attempts=Job.attempts - 1,
-    )  # fmt: skip
+    return _finish(session, job_id, worker_id, **queued_again(utcnow()), attempts=Job.attempts - 1)
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -332,6 +329,15 @@ def requeue_stale_jobs(
     return requeued
 
 
+def queued_again(now: datetime, give_back: int | None = None) -> dict[str, Any]:
+    """The values of a row put back in the queue with its task sent ``now``: the wait
+    before a re-send starts afresh; ``give_back``: the attempts to give one back from."""
+    values: dict[str, Any] = {"status": "queued", "sent_at": now, "resends": 0}
+    if give_back is not None:
+        values["attempts"] = max(give_back - 1, 0)
+    return values
+
+
 def explained_by_outage(
     heartbeat_at: datetime | None, stale_after: float, outage_began: datetime | None
 ) -> bool:
@@ -350,8 +356,7 @@ def _outage_outcome(
         f"database unreachable for longer than the lease (no heartbeat for {silent:.0f} s); "
         f"requeued with attempt {attempts} given back, it resumes from its latest checkpoint"
     )
-    values = {"status": "queued", "sent_at": now, "resends": 0, "attempts": max(attempts - 1, 0)}
-    return values, message
+    return queued_again(now, give_back=attempts), message
 
 
 def _stale_outcome(
@@ -363,7 +368,7 @@ def _stale_outcome(
         error = f"gave up after {attempts} attempts: worker lost"
         return {"status": "failed", "error": error, "finished_at": now}, error
     message = f"worker lost (heartbeat stale); requeued after attempt {attempts}"
-    return {"status": "queued", "sent_at": now, "resends": 0}, message
+    return queued_again(now), message
 
 
 # Each time the sweep sends a queued task again, it waits twice as long before the next
