@@ -137,6 +137,7 @@ def _sha256(path: Path) -> str:
 )
 def download_checkpoint(
     checkpoint: OwnedCheckpoint,
+    session: SessionDep,
     request: Request,
     format: Literal["safetensors", "card", "robustbench", "robustbench_entry"] = Query(
         "safetensors"
@@ -160,6 +161,7 @@ def download_checkpoint(
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     media = "application/json" if path.suffix == ".json" else "application/octet-stream"
+    session.close()  # a slow download must not hold a database connection to its end
     return StreamingResponse(
         _read(path, start, end), status_code=206 if span else 200, headers=headers, media_type=media
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import OwnedJob
+from api.deps import OwnedJob, SessionDep
 from api.events import Cursor, JobEventStream
 from api.routes import API_PREFIX, AUTHED_ERRORS
 
@@ -19,6 +19,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 )
 async def job_events(
     job: OwnedJob,
+    session: SessionDep,
     request: Request,
     since: str | None = Query(None, description="resume after this event id"),
     last_event_id: str | None = Header(None),
@@ -27,6 +28,9 @@ async def job_events(
     unavailable (once) while the database cannot be reached, the stream staying open."""
     cursor = Cursor.parse(last_event_id or since)
     stream = JobEventStream(request.app.state.session_factory, job.id, cursor)
+    # The stream opens a session per poll; the request's own would otherwise hold a
+    # connection, idle in a transaction, for as long as the client follows the job.
+    session.close()
     poll = getattr(request.app.state, "events_poll_seconds", 0.5)
     return StreamingResponse(
         stream.messages(request.is_disconnected, poll),
