@@ -133,12 +133,29 @@ def save_model(path: str | Path, model: nn.Module, card: dict[str, Any]) -> tupl
 
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"format": "pt", "card": CARD_FORMAT})
+    blob = _sorted_metadata(save(tensors, metadata={"format": "pt", "card": CARD_FORMAT}))
     atomic_write(path, lambda f: f.write(blob))
     card = {**card, "format": CARD_FORMAT, "weights": path.name}
     card["sha256"] = hashlib.sha256(blob).hexdigest()
     card_path = atomic_write(path.with_suffix(".json"), lambda f: f.write(_json_bytes(card)))
     return path, card_path
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` with its header's metadata keys in sorted order.
+
+    safetensors writes the metadata map in an order that changes from one save to
+    the next (its Rust side keeps it in a hash map), so the same weights would give
+    files of different bytes and sha256. Sorting keeps the header's length (it is
+    padded with blanks to a multiple of 8): the tensors' offsets do not move.
+    """
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # cannot happen: the same keys and values, reordered
+        raise CheckpointError(f"checkpoint: safetensors header grew from {size} to {len(text)}")
+    return blob[:8] + text.ljust(size, b" ") + blob[8 + size :]
 
 
 def update_card(card_path: str | Path, **fields: Any) -> dict[str, Any]:

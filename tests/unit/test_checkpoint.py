@@ -60,6 +60,24 @@ def test_load_model_round_trip_gives_identical_outputs(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
+def test_the_same_weights_always_give_the_same_file(tmp_path):
+    """Byte for byte, so a file's sha256 names its weights (safetensors alone writes
+    its two metadata keys in an order that changes from one save to the next)."""
+    model = _model()
+    digests = set()
+    for attempt in range(12):
+        (tmp_path / str(attempt)).mkdir()
+        _, weights, card_path = _save(tmp_path / str(attempt), model)
+        digests.add(checkpoint.file_sha256(weights))
+        assert json.loads(card_path.read_text())["sha256"] == checkpoint.file_sha256(weights)
+    assert len(digests) == 1
+    header = weights.read_bytes()[8 : 8 + int.from_bytes(weights.read_bytes()[:8], "little")]
+    assert header.startswith(b'{"__metadata__":{"card":"dyart-model-card/1","format":"pt"},')
+    assert torch.equal(
+        dyart.load_model(weights)(torch.ones(2, 1, 8, 8)), model(torch.ones(2, 1, 8, 8))
+    )
+
+
 def test_load_model_refuses_a_missing_card(tmp_path):
     _, weights, card_path = _save(tmp_path)
     card_path.unlink()
