@@ -106,7 +106,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--threads", type=int, default=1,
-        help="torch threads (1: training is reproducible bit for bit, see RELIABILITY.md)",
+        help="torch threads (the kept models were trained on 1; another count trains others)",
     )  # fmt: skip
     return p.parse_args()
 
@@ -149,9 +149,9 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
     A method already trained — in ``work_dir``, or kept in ``--models`` by an earlier
     run — with the same training settings is not trained again: its row, with the
     training times measured then, is reused, so a later run can evaluate at other eps
-    or on more images, on the very weights the ledger's results are for. (Training on
-    more than one thread is not bit-reproducible on CPU — oneDNN splits its
-    reductions across threads — so the weights themselves are kept.)
+    or on more images, on the very weights the ledger's results are for. (Training
+    repeats bit for bit only on the same number of torch threads, which split the
+    sums the same way, so the weights themselves are kept.)
     """
     config = base_config(args, method)
     out = Path(args.work_dir) / method

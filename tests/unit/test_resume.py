@@ -121,3 +121,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         Trainer(_config(), tmp_path, device="cpu", callbacks=[StopAtStep("burn_in", 1)]).run()
     with pytest.raises(CheckpointError, match="different config.*lr"):
         Trainer(_config(lr=0.05), tmp_path, device="cpu").run()
+
+
+def test_resume_on_two_threads_is_bit_identical_to_a_run_on_two_threads(uninterrupted, tmp_path):
+    """Several threads split the sums differently from one, but the same way every
+    time: a run on two threads, stopped and resumed on two threads, ends bit-identical
+    to an uninterrupted run on two threads (and differs from the one-thread run)."""
+    torch.set_num_threads(2)
+    try:
+        straight = _final_state(tmp_path / "straight")["run"]
+        resumed = _final_state(
+            tmp_path / "resumed", (StopAfter("burn_in", 1), StopAtStep("train", 2))
+        )["run"]
+    finally:
+        torch.set_num_threads(1)
+    for key in ("model", "ema", "optimizer", "loader", "rng"):
+        _assert_identical(straight[key], resumed[key], key)
+    one_thread = uninterrupted["run"]["model"]
+    assert any(not torch.equal(one_thread[k], straight["model"][k]) for k in one_thread)
