@@ -77,7 +77,8 @@ function parseBlock(block) {
 
 /**
  * Follows an SSE stream with fetch (so the token stays in a header); calls onEvent(type, data).
- * Returns a stop() function. Reconnects with Last-Event-ID until an `end` event or stop().
+ * Returns a stop() function. Reconnects with Last-Event-ID until an `end` event or stop();
+ * a reconnect refused with 503 (database unavailable) is passed on as an `unavailable` event.
  */
 export function follow(path, onEvent) {
   const controller = new AbortController();
@@ -89,7 +90,10 @@ export function follow(path, onEvent) {
         const extra = { Accept: "text/event-stream" };
         if (lastId) extra["Last-Event-ID"] = lastId;
         const res = await fetch(BASE + path, { headers: headers(extra), signal: controller.signal });
-        if (!res.ok || !res.body) throw new ApiError(res.status, res.statusText);
+        if (!res.ok || !res.body) {
+          const data = await res.json().catch(() => ({}));
+          throw new ApiError(res.status, data.detail ?? res.statusText);
+        }
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
         for (;;) {
@@ -111,6 +115,8 @@ export function follow(path, onEvent) {
       } catch (error) {
         if (controller.signal.aborted) return;
         if (error instanceof ApiError && error.status < 500) return;
+        // the database is away: say so as the stream itself would, and keep trying
+        if (error instanceof ApiError && error.status === 503) onEvent("unavailable", { detail: error.detail });
       }
       if (!ended) await new Promise((r) => setTimeout(r, 2000));
     }

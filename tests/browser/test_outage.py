@@ -41,38 +41,53 @@ def database_outage(url: str):
 def test_job_page_says_when_the_database_is_away_and_when_it_is_back(
     live_server, service_env, open_page, screenshots
 ):
-    """A queued job's page is open; Postgres refuses the service's connections: the
-    page says the database cannot be reached, keeps its content and its stream; the
-    database comes back and the job is canceled: the page says live updates resumed
-    and shows the canceled job, with no failed request, no console error and no
-    traceback in the server's log."""
-    created = httpx.post(
-        f"{live_server.url}/api/v1/jobs",
-        json={**SMALL_JOB, "method": "dyart"},
-        headers=live_server.headers,
-    )
+    """A queued job's page follows the job while Postgres refuses the service's
+    connections, twice: once when the page's stream is being opened (it is refused
+    with 503), once when it is open (it says ``unavailable``). Each time the page keeps
+    what it shows and says the database cannot be reached, then that live updates
+    resumed; at the end it shows the job canceled, with no console error, no request
+    failed but the 503, and no traceback in the server's log."""
+    body = {**SMALL_JOB, "method": "dyart"}
+    created = httpx.post(f"{live_server.url}/api/v1/jobs", json=body, headers=live_server.headers)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
+    database = service_env["DYART_DATABASE_URL"]
+    status = "#status"
     page, problems = open_page()
+    problems.allow(503, "/events")
     token = live_server.headers["Authorization"].removeprefix("Bearer ")
     page.add_init_script(f"localStorage.setItem('dyart.token', {token!r})")
+    held, released = [], []
+
+    def hold_first_stream(route) -> None:
+        route.continue_() if released else held.append(route)
+
+    page.route("**/api/v1/jobs/*/events*", hold_first_stream)
     page.goto(f"{live_server.url}/#/jobs/{job_id}")
     page.locator("#summary .badge-queued").wait_for()
-    page.locator("#evaluations").filter(has_text="No evaluation yet.").wait_for()
+    while not held:  # the page has asked for its stream; the request waits here
+        page.wait_for_timeout(50)
 
-    with database_outage(service_env["DYART_DATABASE_URL"]):
-        page.locator("#status").filter(has_text="database unavailable").wait_for()
+    with database_outage(database):  # the stream is refused: 503
+        released.append(True)
+        held[0].continue_()
+        page.locator(status).filter(has_text="database unavailable").wait_for()
         assert page.locator("#summary .badge-queued").count() == 1  # what was shown stays
+    page.locator(status).filter(has_text="Live updates resumed.").wait_for()
+
+    page.evaluate(f"document.querySelector({status!r}).textContent = ''")
+    with database_outage(database):  # the open stream's polls fail: ``unavailable``
+        page.locator(status).filter(has_text="database unavailable").wait_for()
         shoot(page, screenshots, "job-database-away")
-    page.locator("#status").filter(has_text="Live updates resumed.").wait_for()
+    page.locator(status).filter(has_text="Live updates resumed.").wait_for()
 
     canceled = httpx.post(
         f"{live_server.url}/api/v1/jobs/{job_id}/cancel", headers=live_server.headers
     )
     assert canceled.status_code == 202 and canceled.json()["status"] == "canceled", canceled.text
     page.locator("#summary .badge-canceled").wait_for()
-    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    page.locator(status).filter(has_text="Job canceled.").wait_for()
     assert problems.unexpected() == []
     log = live_server.process.output()
     assert "Traceback" not in log
-    assert "database unreachable" in log or "database unavailable" in log
+    assert "database unreachable" in log and "database unavailable on GET" in log
