@@ -3,14 +3,16 @@ the test's own migrated database, users with real tokens, and HTTP clients."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from api.main import create_app
-from db.models import Job
+from db.models import Checkpoint, Job
 
 with warnings.catch_warnings():
     # starlette warns that it prefers httpx2; the client works the same with httpx.
@@ -18,6 +20,29 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 BASE = "http://testserver"
+
+
+def add_final_checkpoint(
+    session_factory: Callable, artifacts_dir: str, job_id: str, data: bytes
+) -> str:
+    """Write ``data`` as the job's final safetensors file (and a card) and its row; the id."""
+    folder = Path(artifacts_dir) / job_id
+    folder.mkdir(parents=True)
+    (folder / "model-final.safetensors").write_bytes(data)
+    (folder / "model-final.json").write_text('{"architecture": "mlp"}')
+    with session_factory() as session:
+        row = Checkpoint(
+            job_id=job_id,
+            kind="final",
+            stage="train",
+            epoch=2,
+            path=f"{job_id}/model-final.safetensors",
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        session.add(row)
+        session.commit()
+        return row.id
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from db.models import Checkpoint
+from tests.service.conftest import add_final_checkpoint
 
 SIZE = 700_001  # more than two streaming chunks, odd on purpose
 
@@ -15,24 +16,9 @@ SIZE = 700_001  # more than two streaming chunks, odd on purpose
 def checkpoint(app, client, make_job, settings):
     """A finished job with a final checkpoint: safetensors bytes + card on disk, and its row."""
     job = make_job(client, status="succeeded")
-    folder = Path(settings.artifacts_dir) / job["id"]
-    folder.mkdir(parents=True)
     data = os.urandom(SIZE)
-    (folder / "model-final.safetensors").write_bytes(data)
-    (folder / "model-final.json").write_text('{"architecture": "mlp"}')
-    with app.state.session_factory() as session:
-        row = Checkpoint(
-            job_id=job["id"],
-            kind="final",
-            stage="train",
-            epoch=2,
-            path=f"{job['id']}/model-final.safetensors",
-            size=SIZE,
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
-        session.add(row)
-        session.commit()
-        return {"id": row.id, "job": job, "data": data, "sha": row.sha256}
+    ident = add_final_checkpoint(app.state.session_factory, settings.artifacts_dir, job["id"], data)
+    return {"id": ident, "job": job, "data": data, "sha": hashlib.sha256(data).hexdigest()}
 
 
 def _url(ck, fmt="safetensors"):

@@ -3,15 +3,13 @@ hold no database connection while they last."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 
-from db.models import Checkpoint
 from tests.conftest import BACKEND
+from tests.service.conftest import add_final_checkpoint
 
 # More than the connection pool holds (5 + 10 overflow): were each response to keep
 # its request's connection, the requests after the 15th would wait for one in vain.
@@ -24,24 +22,8 @@ def _finished_job_with_checkpoint(server, settings, session_factory) -> tuple[st
     created = httpx.post(f"{server.url}/api/v1/jobs", json=body, headers=server.headers)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
-    folder = Path(settings.artifacts_dir) / job_id
-    folder.mkdir(parents=True)
     data = os.urandom(SIZE)
-    (folder / "model-final.safetensors").write_bytes(data)
-    (folder / "model-final.json").write_text('{"architecture": "mlp"}')
-    with session_factory() as session:
-        row = Checkpoint(
-            job_id=job_id,
-            kind="final",
-            stage="train",
-            epoch=2,
-            path=f"{job_id}/model-final.safetensors",
-            size=SIZE,
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
-        session.add(row)
-        session.commit()
-        return job_id, row.id, data
+    return job_id, add_final_checkpoint(session_factory, settings.artifacts_dir, job_id, data), data
 
 
 def _idle_in_transaction(url: str) -> int:
