@@ -20,12 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,30 +30,9 @@ from torch import nn
 
 import dyart
 from dyart.errors import CheckpointError
+from dyart.files import atomic_write, file_sha256
 
 CARD_FORMAT = "dyart-model-card/1"
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file through ``write(fileobj)`` so it appears complete or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
@@ -241,15 +217,6 @@ def _parse_safetensors(blob: bytes, path: Path) -> dict[str, torch.Tensor]:
         return load(blob)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint: {path} is not a safetensors file ({exc})") from exc
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_robustbench(path: str | Path, model: nn.Module, entry: dict[str, Any]) -> Path:

@@ -7,14 +7,14 @@ would leave the root (``..``, absolute paths, symlinks pointing out).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from dyart.files import atomic_write, file_sha256
+
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-CHUNK = 1 << 20
+
+__all__ = ["ArtifactPathError", "ArtifactStore", "file_sha256"]
 
 
 class ArtifactPathError(ValueError):
@@ -50,26 +50,5 @@ class ArtifactStore:
         return resolved.relative_to(self.root).as_posix()
 
     def write_bytes(self, relative: str | Path, data: bytes) -> Path:
-        """Write ``data`` atomically: temp file in the same folder, fsync, rename."""
-        path = self.resolve(relative)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, streamed in 1 MiB chunks (checkpoints can be gigabytes)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        """Write ``data`` atomically (see :func:`dyart.files.atomic_write`)."""
+        return atomic_write(self.resolve(relative), lambda f: f.write(data))
