@@ -9,8 +9,6 @@ sent is still checked, so a bad one is a 401 in every mode.
 
 from __future__ import annotations
 
-import ipaddress
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -18,18 +16,9 @@ from sqlalchemy.orm import Session
 from api.errors import AuthMissingError
 from db import tokens
 from db.models import User
+from db.settings import is_loopback
 
 LOCAL_USER = "local"
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost"."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def auth_required(settings: object) -> bool:

@@ -23,7 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "DYART_"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
     if host == "localhost":
         return True
     try:
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
                 f"twice DYART_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), or a live "
                 "worker's job could be taken from it"
             )
-        if self.auth == "off" and not _is_loopback(self.host):
+        if self.auth == "off" and not is_loopback(self.host):
             raise ValueError(
                 f"DYART_AUTH=off is only allowed on a loopback host, not {self.host!r}: "
                 "anyone on the network could use the service"

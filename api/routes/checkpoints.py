@@ -7,7 +7,6 @@ the filesystem, and a row pointing outside the artifact store is refused.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from api.errors import RangeNotSatisfiableError, ResourceNotFoundError
 from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import CheckpointPublic, CheckpointsPage
 from db.models import Checkpoint
+from dyart.files import file_sha256
 
 router = APIRouter(
     prefix=API_PREFIX, tags=["checkpoints"], responses={**AUTHED_ERRORS, **error_responses(416)}
@@ -122,14 +122,6 @@ def _read(path: Path, start: int, end: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @router.get(
     "/checkpoints/{checkpoint_id}/download",
     response_class=StreamingResponse,
@@ -146,7 +138,7 @@ def download_checkpoint(
     """Stream a checkpoint file; supports Range (resume), ETag and If-Range."""
     path = checkpoint_file(request, checkpoint, format)
     size = path.stat().st_size
-    sha = checkpoint.sha256 if format == "safetensors" else _sha256(path)
+    sha = checkpoint.sha256 if format == "safetensors" else file_sha256(path)
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{sha}"',
