@@ -12,12 +12,17 @@ A run is a sequence of stages (ALGORITHM.md §6):
 Each epoch ends with the EMA model validated on the held-out images (clean and
 PGD with the CW loss), ``state/latest.pt`` written and the best checkpoint kept.
 ``Trainer.run`` resumes from ``state/latest.pt`` when there is one, and ends
-where an uninterrupted run would, bit for bit.
+where an uninterrupted run would, bit for bit. On the CPU the number of torch
+threads decides how sums are split, so the state records it and a resumed run
+uses it again (while it runs; the process's setting is restored after), unless
+the machine has fewer cores than that: then it says so and carries on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 import sys
 import time
@@ -38,6 +43,8 @@ from dyart.schedule import Schedule, build_optimizer
 STAGES = ("burn_in", "train", "evaluate")
 STATE_FORMAT = "dyart-training-state/1"
 LOG_INTERVAL = 50  # steps between host syncs for on_step and the finiteness check
+
+log = logging.getLogger("dyart")
 
 
 @dataclass
@@ -142,16 +149,40 @@ class Trainer:
         saved = self._load_latest()
         self.done = list(saved["done"]) if saved else []
         resume = saved["run"] if saved else None
-        self.data = self._load_data()
-        for stage in (s for s in STAGES if s in stages and s not in self.done):
-            state = resume if resume and resume["name"] == stage else None
-            if stage == "evaluate":
-                self._evaluate()
-            else:
-                self._train_stage(stage, state)
-            self.done.append(stage)
-            self._save_latest(None)
+        threads = torch.get_num_threads()
+        try:
+            if saved:
+                self._resume_threads(int(saved.get("threads", 0)))
+            self.data = self._load_data()
+            for stage in (s for s in STAGES if s in stages and s not in self.done):
+                state = resume if resume and resume["name"] == stage else None
+                if stage == "evaluate":
+                    self._evaluate()
+                else:
+                    self._train_stage(stage, state)
+                self.done.append(stage)
+                self._save_latest(None)
+        finally:
+            torch.set_num_threads(threads)
         return self._summary()
+
+    def _resume_threads(self, began: int) -> None:
+        """Use the thread count the run began with, so its sums split as before."""
+        now = torch.get_num_threads()
+        if self.device.type != "cpu" or began <= 0 or began == now:
+            return
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        cores = cores or os.cpu_count() or 1
+        if began <= cores:
+            log.info("resuming on %d torch threads, as the run began (not %d)", began, now)
+            torch.set_num_threads(began)
+        else:
+            log.warning(
+                "resuming on %d torch threads: the run began on %d and this machine has %d "
+                "cores; from here sums split differently, so the result will not be "
+                "bit-identical to an uninterrupted run",
+                now, began, cores,
+            )  # fmt: skip
 
     def _train_stage(self, stage: str, state: dict[str, Any] | None) -> None:
         if stage == "burn_in" and self.init_from is not None and state is None:
@@ -385,6 +416,7 @@ class Trainer:
             "format": STATE_FORMAT,
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "done": list(self.done),
+            "threads": torch.get_num_threads(),
             "run": None if run is None else {**run.state_dict(), "rng": checkpoint.capture_rng()},
         }
         checkpoint.save_training_state(self.state_path, state)

@@ -1,8 +1,12 @@
 """Exact resume: a run stopped and resumed ends bit-identical to an uninterrupted one."""
 
+import logging
+import os
+
 import pytest
 import torch
 
+from dyart import checkpoint
 from dyart.callbacks import Callback, StopAfter
 from dyart.config import TrainConfig
 from dyart.errors import CheckpointError, StopRequested
@@ -123,19 +127,86 @@ def test_resume_refuses_a_different_config(tmp_path):
         Trainer(_config(lr=0.05), tmp_path, device="cpu").run()
 
 
-def test_resume_on_two_threads_is_bit_identical_to_a_run_on_two_threads(uninterrupted, tmp_path):
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+needs_two_cores = pytest.mark.skipif((CORES or 1) < 2, reason="needs two cores")
+
+
+class RecordThreads(Callback):
+    """Records the torch thread count each stage trains on."""
+
+    def __init__(self):
+        self.threads = {}
+
+    def on_stage_start(self, stage, info):
+        self.threads[stage] = torch.get_num_threads()
+
+
+@pytest.fixture(scope="module")
+def two_threads(tmp_path_factory):
+    """The final state of an uninterrupted run on two threads."""
+    torch.set_num_threads(2)
+    try:
+        return _final_state(tmp_path_factory.mktemp("two-threads"))["run"]
+    finally:
+        torch.set_num_threads(1)
+
+
+@needs_two_cores
+def test_resume_on_two_threads_is_bit_identical_to_a_run_on_two_threads(
+    uninterrupted, two_threads, tmp_path
+):
     """Several threads split the sums differently from one, but the same way every
     time: a run on two threads, stopped and resumed on two threads, ends bit-identical
     to an uninterrupted run on two threads (and differs from the one-thread run)."""
     torch.set_num_threads(2)
     try:
-        straight = _final_state(tmp_path / "straight")["run"]
-        resumed = _final_state(
-            tmp_path / "resumed", (StopAfter("burn_in", 1), StopAtStep("train", 2))
-        )["run"]
+        resumed = _final_state(tmp_path, (StopAfter("burn_in", 1), StopAtStep("train", 2)))["run"]
     finally:
         torch.set_num_threads(1)
     for key in ("model", "ema", "optimizer", "loader", "rng"):
-        _assert_identical(straight[key], resumed[key], key)
+        _assert_identical(two_threads[key], resumed[key], key)
     one_thread = uninterrupted["run"]["model"]
-    assert any(not torch.equal(one_thread[k], straight["model"][k]) for k in one_thread)
+    assert any(not torch.equal(one_thread[k], two_threads["model"][k]) for k in one_thread)
+
+
+@needs_two_cores
+def test_a_run_begun_on_two_threads_resumes_on_two_in_a_one_thread_process(two_threads, tmp_path):
+    """A worker with another number of cores picks the job up: the trainer goes back
+    to the run's thread count while it runs, so the result is still bit-identical."""
+    config = _config()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(StopRequested):
+            Trainer(config, tmp_path, device="cpu", callbacks=[StopAfter("burn_in", 1)]).run(STAGES)
+    finally:
+        torch.set_num_threads(1)
+    seen = RecordThreads()
+    with pytest.raises(StopRequested):
+        Trainer(config, tmp_path, device="cpu", callbacks=[seen, StopAtStep("train", 2)]).run(
+            STAGES
+        )
+    assert seen.threads == {"burn_in": 2, "train": 2}
+    assert torch.get_num_threads() == 1  # the process's own setting is back
+    resumed = _final_state(tmp_path)["run"]
+    for key in ("model", "ema", "optimizer", "loader", "rng"):
+        _assert_identical(two_threads[key], resumed[key], key)
+
+
+def test_a_run_begun_on_more_threads_than_cores_says_it_will_differ(tmp_path, caplog):
+    """Too few cores to repeat the run's split: it carries on, on this process's
+    threads, and the log says the result will not be bit-identical."""
+    config = _config()
+    with pytest.raises(StopRequested):
+        Trainer(config, tmp_path, device="cpu", callbacks=[StopAfter("burn_in", 1)]).run(STAGES)
+    path = tmp_path / "state" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    state["threads"] = 4096
+    checkpoint.save_training_state(path, state)
+    seen = RecordThreads()
+    with caplog.at_level(logging.WARNING, logger="dyart"):
+        with pytest.raises(StopRequested):
+            Trainer(config, tmp_path, device="cpu", callbacks=[seen, StopAfter("burn_in", 2)]).run(
+                STAGES
+            )
+    assert seen.threads == {"burn_in": 1}
+    assert "the run began on 4096" in caplog.text and "not be bit-identical" in caplog.text
