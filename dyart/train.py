@@ -128,6 +128,7 @@ class Trainer:
         self.state_path = self.out_dir / "state" / "latest.pt"
         self.done: list[str] = []
         self.data: Any = None
+        self.threads_began = 0  # torch threads recorded in the state resumed from
 
     # --- the stages -------------------------------------------------------------
 
@@ -150,9 +151,9 @@ class Trainer:
         self.done = list(saved["done"]) if saved else []
         resume = saved["run"] if saved else None
         threads = torch.get_num_threads()
+        self.threads_began = int(saved.get("threads", 0)) if saved else 0
         try:
-            if saved:
-                self._resume_threads(int(saved.get("threads", 0)))
+            self._resume_threads(self.threads_began)
             self.data = self._load_data()
             for stage in (s for s in STAGES if s in stages and s not in self.done):
                 state = resume if resume and resume["name"] == stage else None
@@ -200,7 +201,9 @@ class Trainer:
         self.callbacks.on_stage_start(
             stage,
             {"epochs": run.epochs, "steps_per_epoch": len(run.loader),
-             "start_epoch": run.epoch, "resumed": state is not None},
+             "start_epoch": run.epoch, "resumed": state is not None,
+             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+             "threads_began": self.threads_began or None},
         )  # fmt: skip
         while run.epoch < run.epochs:
             self._train_epoch(run)

@@ -77,6 +77,14 @@ class DbCallback(Callback):
                           f"{info.get('n')} test images at eps {info.get('eps')}")  # fmt: skip
             elif info.get("resumed"):
                 self._log(session, f"resumed {stage} from the checkpoint at epoch {start}")
+                threads, began = info.get("threads"), info.get("threads_began")
+                if threads and began and threads != began:
+                    warning = (
+                        f"training on {threads} torch threads, the run began on {began}: this "
+                        "worker has fewer cores, so the result will not be bit-identical to "
+                        "an uninterrupted run"
+                    )
+                    self._log(session, warning, "WARNING")
             else:
                 self._log(session, f"{stage}: {info.get('epochs')} epochs of "
                           f"{info.get('steps_per_epoch')} steps")  # fmt: skip

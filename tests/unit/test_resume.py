@@ -139,6 +139,7 @@ class RecordThreads(Callback):
 
     def on_stage_start(self, stage, info):
         self.threads[stage] = torch.get_num_threads()
+        self.info = info
 
 
 @pytest.fixture(scope="module")
@@ -209,4 +210,5 @@ def test_a_run_begun_on_more_threads_than_cores_says_it_will_differ(tmp_path, ca
                 STAGES
             )
     assert seen.threads == {"burn_in": 1}
+    assert (seen.info["threads"], seen.info["threads_began"]) == (1, 4096)
     assert "the run began on 4096" in caplog.text and "not be bit-identical" in caplog.text

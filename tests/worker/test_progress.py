@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from db import jobs
-from db.models import Checkpoint, Job, JobMetric
+from db.models import Checkpoint, Job, JobLog, JobMetric
 from tests.worker.conftest import TINY_JOB, log_lines, resolved
 from worker.artifacts import ArtifactStore, file_sha256
 from worker.progress import DbCallback, LeaseLostError
@@ -43,6 +43,23 @@ def test_rows_lost_by_a_kill_are_recovered_from_the_trainers_file(callback, sess
         lines[-2].startswith("train epoch 2 done: train_loss=0.5000") and "[recovered" in lines[-2]
     )
     assert lines[-1] == "resumed train from the checkpoint at epoch 2"
+
+
+def test_resume_on_fewer_threads_than_the_run_began_on_is_a_warning(callback, session_factory):
+    callback.on_stage_start(
+        "train", {"start_epoch": 1, "resumed": True, "threads": 2, "threads_began": 16}
+    )
+    callback.on_stage_start(
+        "train", {"start_epoch": 2, "resumed": True, "threads": 4, "threads_began": 4}
+    )
+    with session_factory() as session:
+        query = select(JobLog.level, JobLog.message).where(JobLog.job_id == callback.job_id)
+        rows = [tuple(r) for r in session.execute(query.order_by(JobLog.id))]
+    assert rows[0] == ("INFO", "resumed train from the checkpoint at epoch 1")
+    assert rows[1][0] == "WARNING"
+    assert "2 torch threads, the run began on 16" in rows[1][1]
+    assert "not be bit-identical" in rows[1][1]
+    assert rows[2:] == [("INFO", "resumed train from the checkpoint at epoch 2")]
 
 
 def test_checkpoint_row_is_replaced_by_a_newer_file_of_its_kind(callback, session_factory):
