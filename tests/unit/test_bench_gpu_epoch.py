@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -14,6 +15,15 @@ _PATH = Path(__file__).resolve().parents[2] / "bench" / "gpu_epoch.py"
 _spec = importlib.util.spec_from_file_location("bench_gpu_epoch", _PATH)
 gpu_epoch = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_epoch)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """A WideResNet on a busy machine: one thread avoids OpenMP waits (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_one_epoch_counts_every_pass_and_writes_the_table(tmp_path):
