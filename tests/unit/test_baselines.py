@@ -14,14 +14,7 @@ from dyart.methods.mart import mart_loss
 from dyart.methods.pgd_at import pgd_at_loss
 from dyart.methods.trades import trades_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_logits():

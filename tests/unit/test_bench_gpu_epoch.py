@@ -17,13 +17,7 @@ gpu_epoch = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_epoch)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A WideResNet on a busy machine: one thread avoids OpenMP waits (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_one_epoch_counts_every_pass_and_writes_the_table(tmp_path):

@@ -12,14 +12,7 @@ from dyart.attacks import pgd_attack
 from dyart.methods import find_boundary, soft_margin
 from dyart.methods.boundary import SearchSettings, _fab_step, keep_mask, project_box
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_model(seed: int = 0, zero_pixels: int = 0) -> nn.Module:

@@ -7,19 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from dyart.cli import main, recipes
 from dyart.config import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,14 +13,7 @@ from dyart.errors import ConfigError, InputError
 from dyart.methods import METHOD_CLASSES, find_boundary, get_method, soft_margin
 from dyart.methods.dyart import dyart_loss, margin_weights
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"steps": 2}

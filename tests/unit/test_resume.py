@@ -12,14 +12,7 @@ from dyart.config import TrainConfig
 from dyart.errors import CheckpointError, StopRequested
 from dyart.train import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STAGES = ("burn_in", "train")

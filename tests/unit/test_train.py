@@ -15,14 +15,7 @@ from dyart.methods.clean import Clean
 from dyart.methods.pgd_at import PGDAT
 from dyart.train import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP waits on a busy machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(**changes) -> TrainConfig:
