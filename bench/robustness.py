@@ -61,7 +61,7 @@ METHODS = ("clean", "pgd_at", "trades", "mart", "dyart")
 KEPT = ("bench_row.json", "metrics.jsonl", "model-best.safetensors", "model-best.json")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=None, help="method epochs (default: recipe)")
     p.add_argument("--burn-in-epochs", type=int, default=None)
@@ -108,7 +108,7 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=1,
         help="torch threads (the kept models were trained on 1; another count trains others)",
     )  # fmt: skip
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def _method_lr(text: str) -> tuple[str, float]:
