@@ -87,8 +87,7 @@ def train_variant(name: str, config: TrainConfig, work_dir: Path) -> list[dict]:
             raise SystemExit(f"{out} holds another run; remove it or pass another --work-dir")
         Trainer(config, out, device="cpu").run(("burn_in", "train"))
         stamp.write_text(json.dumps(wanted, indent=1))
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["stage"] == "train"]
+    return robustness._train_epochs({"out_dir": out})
 
 
 def write_table(path: str, variants: list[tuple[str, TrainConfig, list[dict]]], command: str):
