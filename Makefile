@@ -32,5 +32,6 @@ bench:
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-a.md & \
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-b.md; wait
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --table-only
+	PYTHONPATH=. .venv/bin/python bench/search_quality.py
 	.venv/bin/python bench/api_load.py
 	.venv/bin/python bench/benchmarks_md.py
