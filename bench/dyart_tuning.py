@@ -4,12 +4,17 @@ Trains DyART the way bench/robustness.py does (its recipe, seed, one torch threa
 burn-in then 6 epochs), once per variant, each variant a set of overrides of the
 recipe, and writes per variant the validation clean and PGD-CW accuracy per epoch,
 the fraction of boundary points kept, the median margin found and the fastest
-epoch. It attacks nothing with AutoAttack: it is the cheap screen that decides
-which setting is worth a full evaluation in bench/robustness.py.
+epoch. It is the cheap screen that decides which setting is worth a full
+AutoAttack evaluation; ``--autoattack EPS --attack`` then runs that evaluation for
+the variants named (AutoAttack standard, all 2,000 test images, in bench/robustness.py's
+chunks and ledger), and ``--autoattack EPS`` alone adds the results found in the
+ledger to the table.
 
     PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py \\
         --variant recipe --variant alpha=0.3 --variant lam_robust=3000 \\
         --variant alpha=0.3,r0=0.9 --variant alpha=0.3,iterations=20
+    PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py --variant lr=0.2,alpha=0.3,r0=0.9 \\
+        --autoattack 0.3 --attack --train-only     # in two processes, one per core
 
 A variant already trained under ``--work-dir`` with the same settings is read back,
 not trained again, so variants can be trained in separate processes (one per core)
@@ -45,7 +50,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="DyART epochs (default: recipe)")
     p.add_argument("--work-dir", default="/tmp/dyart-bench-tuning")
     p.add_argument("--results", default="bench/results/dyart_tuning.md")
-    p.add_argument("--train-only", action="store_true", help="train, write no table")
+    p.add_argument(
+        "--autoattack", type=float, nargs="+", default=[], metavar="EPS",
+        help="add the AutoAttack standard accuracy at these eps, on all 2,000 test images, "
+        "from --ledger (where bench/robustness.py keeps its results)",
+    )  # fmt: skip
+    p.add_argument(
+        "--attack", action="store_true",
+        help="attack the --autoattack chunks still missing for every variant named (chunks "
+        "are shared through the ledger, so several processes can share the work); without "
+        "it the table only reads the ledger",
+    )  # fmt: skip
+    p.add_argument(
+        "--ledger", default="bench/results/robustness-autoattack.json",
+        help="AutoAttack results per weights sha256 and chunk (shared with bench/robustness.py: "
+        "a variant that reproduces a robustness model's weights reuses its results)",
+    )  # fmt: skip
+    p.add_argument("--train-only", action="store_true", help="train (and attack), write no table")
     return p.parse_args()
 
 
@@ -79,7 +100,7 @@ def variant_config(name: str, overrides: dict, epochs: int | None) -> TrainConfi
 
 
 def train_variant(name: str, config: TrainConfig, work_dir: Path) -> list[dict]:
-    out = work_dir / name.replace("=", "-").replace(",", "_")
+    out = work_dir / _dir_name(name)
     stamp = out / "variant.json"
     wanted = config.to_dict()
     if not (stamp.is_file() and json.loads(stamp.read_text()) == wanted):
@@ -90,11 +111,56 @@ def train_variant(name: str, config: TrainConfig, work_dir: Path) -> list[dict]:
     return robustness._train_epochs({"out_dir": out})
 
 
-def write_table(path: str, variants: list[tuple[str, TrainConfig, list[dict]]], command: str):
+def attack_variant(
+    name: str, config: TrainConfig, work_dir: Path, eps_list: list[float], ledger: str,
+    attack: bool,
+) -> dict[float, dict | None]:  # fmt: skip
+    """AutoAttack on the variant's best model, per eps, through bench/robustness.py's ledger.
+
+    Results are keyed by the sha256 of the weights, so a variant that reproduces a model
+    bench/robustness.py attacked (the recipe does) finds its chunks there. Without
+    ``attack`` nothing is attacked and only the chunks already in the ledger count.
+    """
+    args = robustness.parse_args(["--ledger", ledger] + ([] if attack else ["--table-only"]))
+    row = {
+        "method": f"dyart {name}",
+        "out_dir": str(work_dir / _dir_name(name)),
+        "config": config.to_dict(),
+        "results": {},
+    }
+    for eps in eps_list:
+        robustness.evaluate_method(args, row, eps, limit=args.eval_n)
+    return row["results"]
+
+
+def _dir_name(name: str) -> str:
+    return name.replace("=", "-").replace(",", "_")
+
+
+def _aa_cell(result: dict | None, total: int) -> str:
+    if result is None:
+        return "—"
+    cell = f"{result['robust_acc']:.3f}"
+    return cell if result["n"] == total else f"{cell} ({result['n']})"
+
+
+def write_table(
+    path: str,
+    variants: list[tuple[str, TrainConfig, list[dict]]],
+    command: str,
+    attacked: dict[str, dict[float, dict | None]] | None = None,
+    eps_list: tuple[float, ...] = (),
+):
+    attacked = attacked or {}
     head = (
         "| variant | val PGD acc per epoch | best | val clean (best epoch) | kept (last) "
-        "| median margin (last) | fastest epoch (s) |\n" + "| --- " * 7 + "|\n"
+        "| median margin (last) | fastest epoch (s) |"
+        + "".join(f" AA acc @ {eps:g} |" for eps in eps_list)
+        + "\n"
+        + "| --- " * (7 + len(eps_list))
+        + "|\n"
     )
+    total = robustness.parse_args([]).eval_n
     lines = []
     for name, _, epochs in variants:
         best = max(epochs, key=lambda e: (e["val_pgd_acc"], -e["epoch"]))
@@ -102,7 +168,9 @@ def write_table(path: str, variants: list[tuple[str, TrainConfig, list[dict]]], 
         lines.append(
             f"| {name} | {trail} | {best['val_pgd_acc']:.3f} | {best['val_clean_acc']:.3f} "
             f"| {epochs[-1]['frac_kept']:.2f} | {epochs[-1]['margin_q50']:.3f} "
-            f"| {min(e['seconds'] for e in epochs):.1f} |\n"
+            f"| {min(e['seconds'] for e in epochs):.1f} |"
+            + "".join(f" {_aa_cell(attacked.get(name, {}).get(eps), total)} |" for eps in eps_list)
+            + "\n"
         )
     recipe = variants[0][1].to_dict()
     val = recipe["val_size"]
@@ -112,8 +180,17 @@ def write_table(path: str, variants: list[tuple[str, TrainConfig, list[dict]]], 
         f"below). Validation: {val} held-out images, PGD-{recipe['val_pgd_steps']} with the "
         "CW loss at eps 0.3, on the EMA model after each epoch; one standard error near 0.75 "
         f'is about {(0.75 * 0.25 / val) ** 0.5:.3f}. "kept": fraction of the batch whose '
-        "boundary point passed the optimality filter (ALGORITHM.md §4), last epoch. No "
-        "AutoAttack here.\n\n" + head + "".join(lines) + "\n"
+        "boundary point passed the optimality filter (ALGORITHM.md §4), last epoch. "
+        + (
+            "AA acc: AutoAttack standard on all 2,000 test images, on the best checkpoint's "
+            "EMA model (a count in brackets: on only the first that many so far); '—': not "
+            "attacked (the screen attacks only the settings worth it).\n\n"
+            if eps_list
+            else "No AutoAttack here.\n\n"
+        )
+        + head
+        + "".join(lines)
+        + "\n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
         f"{torch.get_num_threads()} torch thread, torch {torch.__version__}.\n\n"
         f"Command: `{command}`\n\nRecipe:\n\n```json\n{json.dumps(recipe, indent=1)}\n```\n"
@@ -125,15 +202,20 @@ def main() -> int:
     args = parse_args()
     torch.set_num_threads(1)
     command = "PYTHONPATH=. .venv/bin/python " + shlex.join(sys.argv)
-    variants = []
+    variants, attacked = [], {}
     for name, overrides in args.variant:
         config = variant_config(name, overrides, args.epochs)
         epochs = train_variant(name, config, Path(args.work_dir))
         best = max(e["val_pgd_acc"] for e in epochs)
         print(f"{name}: best val PGD acc {best:.3f}", flush=True)
         variants.append((name, config, epochs))
+    for name, config, _ in variants:
+        if args.autoattack:
+            attacked[name] = attack_variant(
+                name, config, Path(args.work_dir), args.autoattack, args.ledger, args.attack
+            )
     if not args.train_only:
-        write_table(args.results, variants, command)
+        write_table(args.results, variants, command, attacked, tuple(args.autoattack))
     return 0
 
 
