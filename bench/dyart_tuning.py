@@ -137,6 +137,11 @@ def _dir_name(name: str) -> str:
     return name.replace("=", "-").replace(",", "_")
 
 
+def _number(value: float | None, digits: int) -> str:
+    """A figure, or '—' where the epoch had none (no boundary point kept all epoch)."""
+    return "—" if value is None or value != value else f"{value:.{digits}f}"
+
+
 def _aa_cell(result: dict | None, total: int) -> str:
     if result is None:
         return "—"
@@ -167,7 +172,7 @@ def write_table(
         trail = " ".join(f"{e['val_pgd_acc']:.3f}" for e in epochs)
         lines.append(
             f"| {name} | {trail} | {best['val_pgd_acc']:.3f} | {best['val_clean_acc']:.3f} "
-            f"| {epochs[-1]['frac_kept']:.2f} | {epochs[-1]['margin_q50']:.3f} "
+            f"| {epochs[-1]['frac_kept']:.2f} | {_number(epochs[-1]['margin_q50'], 3)} "
             f"| {min(e['seconds'] for e in epochs):.1f} |"
             + "".join(f" {_aa_cell(attacked.get(name, {}).get(eps), total)} |" for eps in eps_list)
             + "\n"

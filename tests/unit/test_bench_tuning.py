@@ -89,10 +89,11 @@ def test_the_table_marks_partial_and_missing_autoattack_results(tmp_path):
     partial = {"n": 500, "robust_acc": 0.75}
     attacked = {"recipe": {0.3: full, 0.2: None}, "alpha=0.3": {0.3: partial, 0.2: None}}
     out = tmp_path / "table.md"
+    collapsed = [{**e, "frac_kept": 0.0, "margin_q50": None} for e in epochs]  # nothing kept
     variants = [
         ("recipe", config, epochs),
         ("alpha=0.3", config, epochs),
-        ("lr=0.2", config, epochs),
+        ("lr=0.2", config, collapsed),
     ]
     tuning.write_table(str(out), variants, "cmd", attacked, (0.3, 0.2))
     text = out.read_text()
@@ -102,4 +103,4 @@ def test_the_table_marks_partial_and_missing_autoattack_results(tmp_path):
         "| alpha=0.3 | 0.500 0.700 | 0.700 | 0.970 | 0.40 | 0.300 | 48.0 | 0.750 (500) | — |"
         in text
     )
-    assert "| lr=0.2 | 0.500 0.700 | 0.700 | 0.970 | 0.40 | 0.300 | 48.0 | — | — |" in text
+    assert "| lr=0.2 | 0.500 0.700 | 0.700 | 0.970 | 0.00 | — | 48.0 | — | — |" in text
