@@ -258,8 +258,22 @@ DATASETS: dict[str, DatasetCard] = {
 ARCHITECTURES: dict[str, ArchitectureCard] = {
     a.name: a
     for a in (
-        ArchitectureCard("mlp", "MLP (2 hidden layers of 256)", 4, 32, 0.27),
-        ArchitectureCard("small_cnn", "small CNN (2 conv + 2 fc)", 8, 32, 0.33),
+        ArchitectureCard(
+            "mlp",
+            "MLP (2 hidden layers of 256)",
+            4,
+            32,
+            0.27,
+            "no normalisation layers: norm_layer and freeze_bn do not apply",
+        ),
+        ArchitectureCard(
+            "small_cnn",
+            "small CNN (2 conv + 2 fc)",
+            8,
+            32,
+            0.33,
+            "no normalisation layers: norm_layer and freeze_bn do not apply",
+        ),
         ArchitectureCard("preact_resnet18", "PreAct ResNet-18", 16, 64, 11.2),
         ArchitectureCard("resnet18", "ResNet-18", 16, 64, 11.2),
         ArchitectureCard("wide_resnet_28_10", "WideResNet-28-10 (ReLU)", 16, 64, 36.5),
@@ -361,7 +375,13 @@ TRAIN_PARAMS: dict[str, Param] = {
         Param("warmup_frac", "float", 0.025, "warm-up fraction of the schedule", 0.0, 0.5),
         Param("grad_clip", "float", 0.0, "gradient-norm clip (0 = off)", 0.0, 1e4),
         Param("ema_decay", "float", 0.995, "EMA decay of the evaluated model", 0.0, 0.99999),
-        Param("norm_layer", "choice", "bn", "normalisation layer", choices=NORMS),
+        Param(
+            "norm_layer",
+            "choice",
+            "bn",
+            "normalisation layer (mlp and small_cnn have none)",
+            choices=NORMS,
+        ),
         Param("augment", "bool", True, "random crop with padding (+ flip on colour sets)"),
         Param("val_size", "int", 1024, "training images held out for validation", 0, 50000),
         Param("val_pgd_steps", "int", 40, "PGD steps of the per-epoch validation", 1, 200),

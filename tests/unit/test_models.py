@@ -49,6 +49,17 @@ def test_group_norm_replaces_every_batch_norm():
     assert torch.isfinite(single).all()
 
 
+@pytest.mark.parametrize(  # the big WRNs are built from their smaller kin's blocks
+    "name", sorted(n for n, c in catalog.ARCHITECTURES.items() if c.params_millions < 15)
+)
+def test_the_catalog_says_which_architectures_ignore_norm_layer(name):
+    card = catalog.ARCHITECTURES[name]
+    channels, size = (1, 28) if name in ("mlp", "small_cnn") else (3, 32)
+    model = build_model(name, num_classes=10, in_channels=channels, image_size=size)
+    has_norm = any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.modules())
+    assert has_norm != ("norm_layer and freeze_bn do not apply" in card.description)
+
+
 def test_normalisation_is_inside_the_model_and_in_its_state_dict():
     torch.manual_seed(0)
     plain = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
