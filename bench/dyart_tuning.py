@@ -117,9 +117,10 @@ def attack_variant(
 ) -> dict[float, dict | None]:  # fmt: skip
     """AutoAttack on the variant's best model, per eps, through bench/robustness.py's ledger.
 
-    Results are keyed by the sha256 of the weights, so a variant that reproduces a model
-    bench/robustness.py attacked (the recipe does) finds its chunks there. Without
-    ``attack`` nothing is attacked and only the chunks already in the ledger count.
+    Results are keyed by the sha256 of the weights, so a variant whose training
+    reproduces a model bench/robustness.py attacked, bit for bit, finds its chunks
+    there. Without ``attack`` nothing is attacked and only the chunks already in the
+    ledger count.
     """
     args = robustness.parse_args(["--ledger", ledger] + ([] if attack else ["--table-only"]))
     row = {
