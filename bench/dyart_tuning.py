@@ -215,11 +215,10 @@ def main() -> int:
         best = max(e["val_pgd_acc"] for e in epochs)
         print(f"{name}: best val PGD acc {best:.3f}", flush=True)
         variants.append((name, config, epochs))
-    for name, config, _ in variants:
-        if args.autoattack:
-            attacked[name] = attack_variant(
-                name, config, Path(args.work_dir), args.autoattack, args.ledger, args.attack
-            )
+    for name, config, _ in variants if args.autoattack else ():
+        attacked[name] = attack_variant(
+            name, config, Path(args.work_dir), args.autoattack, args.ledger, args.attack
+        )
     if not args.train_only:
         write_table(args.results, variants, command, attacked, tuple(args.autoattack))
     return 0

@@ -92,7 +92,6 @@ def measure(args: argparse.Namespace) -> list[dict]:
     for method in args.methods:
         path = Path(args.models) / method / "model-best.safetensors"
         model = dyart.load_model(path).eval()
-        card = json.loads(path.with_suffix(".json").read_text())
         torch.manual_seed(0)
         x_adv = pgd_attack(model, x, y, eps=args.eps, step_size=args.eps / 4, steps=20, loss="cw")
         with torch.no_grad():
@@ -100,7 +99,6 @@ def measure(args: argparse.Namespace) -> list[dict]:
             broken = correct & (model(x_adv).argmax(1) != y)
         base = {
             "method": method,
-            "weights": card["sha256"][:12],
             "clean": float(correct.float().mean()),
             "pgd": float((correct & ~broken).float().mean()),
         }

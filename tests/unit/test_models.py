@@ -16,10 +16,15 @@ def test_registry_matches_the_catalog():
     assert set(MODELS) == set(catalog.ARCHITECTURES)
 
 
+def _card_shape(name: str) -> tuple[int, int]:
+    """Channels and image size the catalog's parameter counts are taken at."""
+    return (1, 28) if name in ("mlp", "small_cnn") else (3, 32)
+
+
 @pytest.mark.parametrize("name", sorted(catalog.ARCHITECTURES))
 def test_every_architecture_builds_with_the_catalog_parameter_count(name):
     card = catalog.ARCHITECTURES[name]
-    channels, size = (1, 28) if name in ("mlp", "small_cnn") else (3, 32)  # as the card counts
+    channels, size = _card_shape(name)
     model = build_model(name, num_classes=10, in_channels=channels, image_size=size)
     count = sum(p.numel() for p in model.parameters()) / 1e6
     assert count == pytest.approx(card.params_millions, rel=0.05)
@@ -54,7 +59,7 @@ def test_group_norm_replaces_every_batch_norm():
 )
 def test_the_catalog_says_which_architectures_ignore_norm_layer(name):
     card = catalog.ARCHITECTURES[name]
-    channels, size = (1, 28) if name in ("mlp", "small_cnn") else (3, 32)
+    channels, size = _card_shape(name)
     model = build_model(name, num_classes=10, in_channels=channels, image_size=size)
     has_norm = any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) for m in model.modules())
     assert has_norm != ("norm_layer and freeze_bn do not apply" in card.description)
