@@ -465,7 +465,8 @@ def main() -> int:
         burn_in = burn_in or Path(row["out_dir"]) / "burn_in.pt"
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "config"}), flush=True)
-        write_table(args, rows, command)
+        if not args.train_only:  # a partial table would overwrite the committed one
+            write_table(args, rows, command)
     # eps 0.3, the MNIST threat model, first; within an eps, chunk by chunk across the
     # methods, so a run stopped early leaves every method evaluated on as many images
     for eps in sorted(args.eps, reverse=True) if not args.train_only else ():
@@ -474,7 +475,12 @@ def main() -> int:
                 evaluate_method(args, row, eps, limit)
                 print(row["method"], json.dumps(row["results"][eps]), flush=True)
             write_table(args, rows, command)
-    print(Path(args.results).read_text())
+    if args.train_only:
+        for row in rows:
+            print(f"{row['method']}: {Path(row['out_dir']) / 'model-best.safetensors'}")
+        print(f"--train-only: {args.results} left as it was; --table-only builds it")
+    else:
+        print(Path(args.results).read_text())
     return 0
 
 

@@ -83,10 +83,12 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert {d: len(entries[d]["chunks"]) for d in ("wa", "wb")} == {"wa": 20, "wb": 20}
 
 
-def _table_only(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def _table_only(
+    tmp_path: Path, *extra: str, mode: str = "--table-only"
+) -> subprocess.CompletedProcess:
     root = _PATH.parents[1]
     return subprocess.run(
-        [sys.executable, str(_PATH), "--table-only", "--methods", "clean", "--eps", "0.3",
+        [sys.executable, str(_PATH), mode, "--methods", "clean", "--eps", "0.3",
          "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "table.md"), *extra],
         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True,
         timeout=300,
@@ -116,6 +118,21 @@ def test_table_only_without_a_trained_model_says_which_and_where(tmp_path):
     assert "--table-only: clean has no trained model" in done.stderr
     assert str(tmp_path / "none" / "clean") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_train_only_reuses_the_kept_model_and_leaves_the_table_alone(tmp_path):
+    table = tmp_path / "table.md"
+    table.write_text("the committed table\n")
+
+    done = _table_only(tmp_path, mode="--train-only")
+
+    assert done.returncode == 0, done.stderr
+    assert table.read_text() == "the committed table\n"
+    reused = tmp_path / "work" / "clean" / "model-best.safetensors"
+    kept = _PATH.parent / "results" / "robustness-models" / "clean" / "model-best.safetensors"
+    assert reused.read_bytes() == kept.read_bytes()  # not trained again
+    assert f"clean: {reused}" in done.stdout
+    assert f"{table} left as it was" in done.stdout
 
 
 def test_a_chunk_is_attacked_by_one_live_process_at_a_time(tmp_path):
