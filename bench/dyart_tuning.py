@@ -1,19 +1,21 @@
 """DyART settings on MNIST-10k, compared by validation robust accuracy.
 
 Trains DyART the way bench/robustness.py does (its recipe, seed, one torch thread,
-burn-in then 6 epochs), once per variant, each variant a set of overrides of the
-recipe, and writes per variant the validation clean and PGD-CW accuracy per epoch,
-the fraction of boundary points kept, the median margin found and the fastest
-epoch. It is the cheap screen that decides which setting is worth a full
-AutoAttack evaluation; ``--autoattack EPS --attack`` then runs that evaluation for
-the variants named (AutoAttack standard, all 2,000 test images, in bench/robustness.py's
-chunks and ledger), and ``--autoattack EPS`` alone adds the results found in the
-ledger to the table.
+burn-in then 6 epochs), once per variant, each variant a set of overrides of a
+base (the recipe, or the recipe with ``--base`` overrides), and writes per variant
+the validation clean and PGD-CW accuracy per epoch, the fraction of boundary points
+kept, the median margin found and the fastest epoch. It is the cheap screen that
+decides which setting is worth a full AutoAttack evaluation; ``--autoattack EPS
+--attack`` then runs that evaluation for the variants named (AutoAttack standard, all
+2,000 test images, in bench/robustness.py's chunks and ledger), and ``--autoattack
+EPS`` alone adds the results found in the ledger to the table.
 
     PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py \\
-        --variant recipe --variant alpha=0.3 --variant lam_robust=3000 \\
+        --variant base --variant alpha=0.3 --variant lam_robust=3000 \\
         --variant alpha=0.3,r0=0.9 --variant alpha=0.3,iterations=20
-    PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py --variant lr=0.2,alpha=0.3,r0=0.9 \\
+    PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py --base lr=0.1,alpha=3.0,r0=0.6 \\
+        --variant base --variant lr=0.2      # around the paper's settings, not the recipe's
+    PYTHONPATH=. .venv/bin/python bench/dyart_tuning.py --variant lr=0.3 \\
         --autoattack 0.3 --attack --train-only     # in two processes, one per core
 
 A variant already trained under ``--work-dir`` with the same settings is read back,
@@ -44,8 +46,12 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--variant", action="append", required=True, type=_overrides,
-        help="KEY=VALUE[,KEY=VALUE...] over the DyART recipe (hparams or top-level), "
-        "or 'recipe' for the recipe as it is",
+        help="KEY=VALUE[,KEY=VALUE...] over the base (hparams or top-level settings), "
+        "or 'base' for the base as it is",
+    )  # fmt: skip
+    p.add_argument(
+        "--base", type=_overrides, default=("recipe", {}), metavar="KEY=VALUE[,...]",
+        help="overrides of the DyART recipe that every variant starts from (default: none)",
     )  # fmt: skip
     p.add_argument("--epochs", type=int, default=None, help="DyART epochs (default: recipe)")
     p.add_argument("--work-dir", default="/tmp/dyart-bench-tuning")
@@ -71,7 +77,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def _overrides(text: str) -> tuple[str, dict]:
-    if text == "recipe":
+    if text in ("base", "recipe"):  # no overrides ('recipe': the name before --base)
         return text, {}
     out = {}
     for part in text.split(","):
@@ -85,16 +91,20 @@ def _overrides(text: str) -> tuple[str, dict]:
     return text, out
 
 
-def variant_config(name: str, overrides: dict, epochs: int | None) -> TrainConfig:
+def variant_config(
+    name: str, overrides: dict, epochs: int | None, base: tuple[str, dict] = ("recipe", {})
+) -> TrainConfig:
+    """The recipe, with the base's overrides, then the variant's (which win)."""
     args = robustness.parse_args([] if epochs is None else ["--epochs", str(epochs)])
     spec = robustness.base_config(args, "dyart").to_dict()
-    for key, value in overrides.items():
-        if key in spec["hparams"]:
-            spec["hparams"][key] = value
-        elif key in spec and key != "hparams":
-            spec[key] = value
-        else:
-            raise SystemExit(f"--variant {name}: {key!r} is neither a DyART hparam nor a setting")
+    for flag, label, changes in (("--base", base[0], base[1]), ("--variant", name, overrides)):
+        for key, value in changes.items():
+            if key in spec["hparams"]:
+                spec["hparams"][key] = value
+            elif key in spec and key != "hparams":
+                spec[key] = value
+            else:
+                raise SystemExit(f"{flag} {label}: {key!r} is neither a DyART hparam nor a setting")
     spec["eval_eps"] = []  # the screen attacks nothing
     return TrainConfig.from_dict(spec)
 
@@ -156,6 +166,7 @@ def write_table(
     command: str,
     attacked: dict[str, dict[float, dict | None]] | None = None,
     eps_list: tuple[float, ...] = (),
+    base: tuple[str, dict] = ("recipe", {}),
 ):
     attacked = attacked or {}
     head = (
@@ -178,11 +189,12 @@ def write_table(
             + "".join(f" {_aa_cell(attacked.get(name, {}).get(eps), total)} |" for eps in eps_list)
             + "\n"
         )
-    recipe = variants[0][1].to_dict()
+    recipe = variant_config("base", {}, variants[0][1].epochs, base).to_dict()
     val = recipe["val_size"]
+    what = f"the recipe with {base[0]}" if base[1] else "the recipe"
     text = (
         "# DyART settings on MNIST-10k (validation screen)\n\n"
-        f"DyART trained as in bench/robustness.py, once per variant (overrides of the recipe "
+        f"DyART trained as in bench/robustness.py, once per variant (overrides of the base "
         f"below). Validation: {val} held-out images, PGD-{recipe['val_pgd_steps']} with the "
         "CW loss at eps 0.3, on the EMA model after each epoch; one standard error near 0.75 "
         f'is about {(0.75 * 0.25 / val) ** 0.5:.3f}. "kept": fraction of the batch whose '
@@ -199,7 +211,7 @@ def write_table(
         + "\n"
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other work, "
         f"{torch.get_num_threads()} torch thread, torch {torch.__version__}.\n\n"
-        f"Command: `{command}`\n\nRecipe:\n\n```json\n{json.dumps(recipe, indent=1)}\n```\n"
+        f"Command: `{command}`\n\nBase ({what}):\n\n```json\n{json.dumps(recipe, indent=1)}\n```\n"
     )
     Path(path).write_text(text)
 
@@ -210,7 +222,7 @@ def main() -> int:
     command = "PYTHONPATH=. .venv/bin/python " + shlex.join(sys.argv)
     variants, attacked = [], {}
     for name, overrides in args.variant:
-        config = variant_config(name, overrides, args.epochs)
+        config = variant_config(name, overrides, args.epochs, args.base)
         epochs = train_variant(name, config, Path(args.work_dir))
         best = max(e["val_pgd_acc"] for e in epochs)
         print(f"{name}: best val PGD acc {best:.3f}", flush=True)
@@ -220,7 +232,7 @@ def main() -> int:
             name, config, Path(args.work_dir), args.autoattack, args.ledger, args.attack
         )
     if not args.train_only:
-        write_table(args.results, variants, command, attacked, tuple(args.autoattack))
+        write_table(args.results, variants, command, attacked, tuple(args.autoattack), args.base)
     return 0
 
 

@@ -19,10 +19,10 @@ _spec.loader.exec_module(tuning)
 
 
 def test_a_variant_overrides_hparams_and_settings_and_nothing_else():
-    name, overrides = tuning._overrides("alpha=0.3,iterations=20,lr=0.05")
+    name, overrides = tuning._overrides("alpha=0.5,iterations=20,lr=0.05")
     config = tuning.variant_config(name, overrides, epochs=2).to_dict()
     recipe = tuning.variant_config("recipe", {}, epochs=2).to_dict()
-    assert (config["hparams"]["alpha"], config["hparams"]["iterations"]) == (0.3, 20)
+    assert (config["hparams"]["alpha"], config["hparams"]["iterations"]) == (0.5, 20)
     assert config["lr"] == 0.05 and config["epochs"] == 2 and config["eval_eps"] == []
     changed = {k for k in recipe if recipe[k] != config[k]}
     assert changed == {"hparams", "lr"}
@@ -30,6 +30,23 @@ def test_a_variant_overrides_hparams_and_settings_and_nothing_else():
         "alpha",
         "iterations",
     }
+
+
+def test_the_base_overrides_the_recipe_and_the_variant_overrides_the_base():
+    base = tuning._overrides("lr=0.1,alpha=3.0,r0=0.6")
+    recipe = tuning.variant_config("base", {}, epochs=2).to_dict()
+    plain = tuning.variant_config("base", {}, epochs=2, base=base).to_dict()
+    name, overrides = tuning._overrides("alpha=0.3")
+    config = tuning.variant_config(name, overrides, epochs=2, base=base).to_dict()
+
+    assert (plain["lr"], plain["hparams"]["alpha"], plain["hparams"]["r0"]) == (0.1, 3.0, 0.6)
+    assert (config["lr"], config["hparams"]["alpha"], config["hparams"]["r0"]) == (0.1, 0.3, 0.6)
+    assert {k for k in recipe if recipe[k] != plain[k]} <= {"hparams", "lr"}
+
+
+def test_an_unknown_key_in_the_base_names_the_flag():
+    with pytest.raises(SystemExit, match="--base lrr=0.1: 'lrr' is neither"):
+        tuning.variant_config("base", {}, epochs=None, base=tuning._overrides("lrr=0.1"))
 
 
 @pytest.mark.parametrize(
@@ -95,8 +112,12 @@ def test_the_table_marks_partial_and_missing_autoattack_results(tmp_path):
         ("alpha=0.3", config, epochs),
         ("lr=0.2", config, collapsed),
     ]
-    tuning.write_table(str(out), variants, "cmd", attacked, (0.3, 0.2))
+    tuning.write_table(
+        str(out), variants, "cmd", attacked, (0.3, 0.2), tuning._overrides("lr=0.05")
+    )
     text = out.read_text()
+    assert "Base (the recipe with lr=0.05):" in text
+    assert '"lr": 0.05,' in text  # the base's settings, not the first variant's
     assert "| fastest epoch (s) | AA acc @ 0.3 | AA acc @ 0.2 |" in text
     assert "| recipe | 0.500 0.700 | 0.700 | 0.970 | 0.40 | 0.300 | 48.0 | 0.746 | — |" in text
     assert (
