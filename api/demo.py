@@ -2,8 +2,9 @@
 
 On a service with no job named ``demo`` yet, it posts the ``mnist10k_dyart``
 recipe (clean burn-in, DyART, AutoAttack on MNIST-10k), prints each stage and
-epoch as the worker reports it, and ends by printing where the checkpoint and
-the results are. It only talks to the API, so it shows exactly what a user sees.
+each finished epoch's validation as the worker reports them, and ends by printing
+where the checkpoint and the results are. It only talks to the API, so it shows
+exactly what a user sees.
 """
 
 from __future__ import annotations
@@ -90,25 +91,34 @@ def describe_end(client: DemoClient, job: dict[str, Any], artifacts: Path, url: 
     return "\n".join(lines)
 
 
+def epoch_line(row: dict[str, Any]) -> str:
+    """One finished epoch, from its own metrics row."""
+    line = f"{row['stage']} epoch {row['epoch']} done"
+    if row.get("val_clean_acc") is not None:
+        line += f": validation clean {row['val_clean_acc']:.3f}"
+        if row.get("val_pgd_acc") is not None:
+            line += f", PGD {row['val_pgd_acc']:.3f}"
+    return line
+
+
 def follow(client: DemoClient, job_id: str, artifacts: Path, url: str, poll: float = 5.0) -> None:
-    """Print stage/epoch changes of the job until it ends, then where its results are."""
-    seen = None
+    """Print the job's stage changes and every finished epoch until it ends, then its results.
+
+    Epochs are printed from the job's metrics rows, each with its own figures, so a
+    poll that comes late neither skips an epoch nor pairs one epoch with another's
+    validation.
+    """
+    seen, printed = None, set()
     while True:
         job = client.call("GET", f"/jobs/{job_id}")
-        now = (job["status"], job["stage"], job["epoch"])
+        for row in client.call("GET", f"/jobs/{job_id}/metrics")["items"]:
+            if (row["stage"], row["epoch"]) not in printed:
+                printed.add((row["stage"], row["epoch"]))
+                print(f"demo: {epoch_line(row)}", flush=True)
+        now = (job["status"], job["stage"])
         if now != seen:
             seen = now
-            acc = job["latest_metrics"]
-            extra = ""
-            if acc.get("val_clean_acc") is not None:
-                extra = f" (validation clean {acc['val_clean_acc']:.3f}"
-                if acc.get("val_pgd_acc") is not None:
-                    extra += f", PGD {acc['val_pgd_acc']:.3f}"
-                extra += ")"
-            stage = job["stage"]
-            where = f"{stage} epoch {job['epoch'] or 0}" if stage in ("burn_in", "train") else ""
-            where = where or (stage or "starting")
-            print(f"demo: {job['status']} {where}{extra}", flush=True)
+            print(f"demo: {job['status']} {job['stage'] or 'starting'}", flush=True)
         if job["status"] in FINAL:
             print(describe_end(client, job, artifacts, url), flush=True)
             return
