@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,26 @@ def start_worker(settings: Settings) -> subprocess.Popen:
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    return subprocess.Popen(command, cwd=ROOT, env=env)
+    return subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=_die_with_parent())
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the worker child runs before exec: ask Linux for SIGTERM when the server dies.
+
+    Without it a server killed hard (SIGKILL, or a closed terminal's SIGHUP) leaves
+    its worker running on, and the next ``serve`` starts a second one beside it.
+    Prepared here, in the parent: the child between fork and exec imports nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, pr_set_pdeathsig, sigterm = ctypes.CDLL(None).prctl, 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
+
+
+class _Terminated(Exception):
+    """SIGTERM, re-raised by uvicorn once it has shut down: stop the worker, then exit."""
 
 
 def stop_worker(worker: subprocess.Popen, grace: float = 20.0) -> None:
@@ -85,11 +106,21 @@ def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
         from api import demo as demo_job
 
         demo_job.start(f"http://127.0.0.1:{settings.port}", Path(settings.artifacts_dir))
+    # uvicorn shuts down on SIGTERM and then raises the signal again; by default that
+    # would end this process before the ``finally`` stopped the worker
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    except _Terminated:
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if worker is not None:
             stop_worker(worker)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _session(settings: Settings) -> Any:
