@@ -9,22 +9,10 @@ import re
 from pathlib import Path
 
 from api import demo
+from tests.worker.conftest import TINY_JOB
 
-SMALL = {
-    "name": demo.DEMO_NAME,  # so the demo adopts it instead of posting the MNIST recipe
-    "dataset": "digits",
-    "architecture": "mlp",
-    "method": "dyart",
-    "burn_in_epochs": 1,
-    "epochs": 3,
-    "batch_size": 64,
-    "val_size": 128,
-    "val_pgd_steps": 3,
-    "eval_preset": "fast",
-    "eval_eps": [0.1],
-    "eval_n": 100,
-    "hparams": {"iterations": 5},
-}
+# named as the demo's, so the demo adopts it instead of posting the MNIST recipe
+SMALL = {**TINY_JOB, "name": demo.DEMO_NAME}
 
 
 def test_the_demo_prints_each_epoch_once_with_its_own_figures(
@@ -42,9 +30,8 @@ def test_the_demo_prints_each_epoch_once_with_its_own_figures(
     out = capsys.readouterr().out
 
     rows = client.call("GET", f"/jobs/{job['id']}/metrics")["items"]
-    assert [(r["stage"], r["epoch"]) for r in rows] == [
-        ("burn_in", 1), ("train", 1), ("train", 2), ("train", 3)
-    ]  # fmt: skip
+    epochs = [("train", e) for e in range(1, SMALL["epochs"] + 1)]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("burn_in", 1), *epochs]
     printed = re.findall(r"^demo: (\w+) epoch (\d+) done: (.*)$", out, re.MULTILINE)
     assert [(stage, int(epoch)) for stage, epoch, _ in printed] == [
         (r["stage"], r["epoch"]) for r in rows
@@ -54,5 +41,5 @@ def test_the_demo_prints_each_epoch_once_with_its_own_figures(
         assert figures == expected, json.dumps(row)
     assert f"demo job {job['id']} succeeded" in out
     assert f"checkpoints and results: {artifacts / 'jobs' / job['id']}" in out
-    assert "AutoAttack fast on 100 test images (quick evaluation):" in out
+    assert f"AutoAttack fast on {SMALL['eval_n']} test images (quick evaluation):" in out
     assert re.search(r"final checkpoint: http://\S+/download\?format=safetensors", out), out
