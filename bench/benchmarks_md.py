@@ -18,6 +18,7 @@ SECTIONS = [
     ("step_cost.md", "Training-step cost and boundary-search quality (`bench/step_cost.py`)"),
     ("robustness.md", "Robustness of each method on MNIST-10k (`bench/robustness.py`)"),
     ("dyart_tuning.md", "DyART settings on MNIST-10k, validation screen (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_recipe.md", "DyART settings around the recipe (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),

@@ -193,7 +193,7 @@ def write_table(
     val = recipe["val_size"]
     what = f"the recipe with {base[0]}" if base[1] else "the recipe"
     text = (
-        "# DyART settings on MNIST-10k (validation screen)\n\n"
+        f"# DyART settings on MNIST-10k (validation screen, base: {what})\n\n"
         f"DyART trained as in bench/robustness.py, once per variant (overrides of the base "
         f"below). Validation: {val} held-out images, PGD-{recipe['val_pgd_steps']} with the "
         "CW loss at eps 0.3, on the EMA model after each epoch; one standard error near 0.75 "

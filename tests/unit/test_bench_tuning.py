@@ -116,6 +116,9 @@ def test_the_table_marks_partial_and_missing_autoattack_results(tmp_path):
         str(out), variants, "cmd", attacked, (0.3, 0.2), tuning._overrides("lr=0.05")
     )
     text = out.read_text()
+    assert text.startswith(
+        "# DyART settings on MNIST-10k (validation screen, base: the recipe with"
+    )
     assert "Base (the recipe with lr=0.05):" in text
     assert '"lr": 0.05,' in text  # the base's settings, not the first variant's
     assert "| fastest epoch (s) | AA acc @ 0.3 | AA acc @ 0.2 |" in text
