@@ -67,10 +67,6 @@ def _die_with_parent() -> Callable[[], None] | None:
     return lambda: prctl(pr_set_pdeathsig, sigterm)
 
 
-class _Terminated(Exception):
-    """SIGTERM, re-raised by uvicorn once it has shut down: stop the worker, then exit."""
-
-
 def stop_worker(worker: subprocess.Popen, grace: float = 20.0) -> None:
     """Ask the worker to stop (warm shutdown), then kill it if it lingers."""
     if worker.poll() is not None:
@@ -117,6 +113,10 @@ def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
         signal.signal(signal.SIGTERM, previous)
         if worker is not None:
             stop_worker(worker)
+
+
+class _Terminated(Exception):
+    """SIGTERM, re-raised by uvicorn once it has shut down: stop the worker, then exit."""
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -255,6 +255,8 @@ DATASETS: dict[str, DatasetCard] = {
     )
 }
 
+_NO_NORM = "no normalisation layers: norm_layer and freeze_bn do not apply"
+
 ARCHITECTURES: dict[str, ArchitectureCard] = {
     a.name: a
     for a in (
@@ -264,7 +266,7 @@ ARCHITECTURES: dict[str, ArchitectureCard] = {
             4,
             32,
             0.27,
-            "no normalisation layers: norm_layer and freeze_bn do not apply",
+            _NO_NORM,
         ),
         ArchitectureCard(
             "small_cnn",
@@ -272,7 +274,7 @@ ARCHITECTURES: dict[str, ArchitectureCard] = {
             8,
             32,
             0.33,
-            "no normalisation layers: norm_layer and freeze_bn do not apply",
+            _NO_NORM,
         ),
         ArchitectureCard("preact_resnet18", "PreAct ResNet-18", 16, 64, 11.2),
         ArchitectureCard("resnet18", "ResNet-18", 16, 64, 11.2),
