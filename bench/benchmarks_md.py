@@ -20,6 +20,7 @@ SECTIONS = [
     ("dyart_tuning.md", "DyART settings on MNIST-10k, validation screen (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_recipe.md", "DyART around the former recipe, λ 1000 (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_lambda.md", "DyART: λ and the search around it (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_cost.md", "DyART at the baselines' cost (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),
