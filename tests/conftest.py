@@ -51,6 +51,44 @@ def pytest_configure(config):
     )
 
 
+SERVICE_LOG_LINES = 200
+
+
+def _job_log(session_factory: Callable) -> str:
+    """Every job's log lines in the test's database, in order, with their times."""
+    from sqlalchemy import select
+
+    from db.models import JobLog
+
+    try:
+        with session_factory() as session:
+            rows = session.scalars(select(JobLog).order_by(JobLog.id)).all()
+            return "\n".join(
+                f"{r.ts:%H:%M:%S.%f} {r.level:7} {r.job_id[:8]} {r.message}" for r in rows
+            )
+    except Exception as exc:  # the failure may be the database itself
+        return f"could not read the job log: {type(exc).__name__}: {exc}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran service processes shows the end of each one's log (the
+    worker's heartbeats, sweeps and task lines say what happened) and the jobs' log
+    lines from the database, untruncated."""
+    report = yield
+    if report.when != "call" or not report.failed:
+        return report
+    funcargs = getattr(item, "funcargs", {})
+    tmp_path = funcargs.get("tmp_path")
+    if isinstance(tmp_path, Path):
+        for log in sorted(tmp_path.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            lines = log.read_text(errors="replace").splitlines()[-SERVICE_LOG_LINES:]
+            report.sections.append((f"{log.name} (last {len(lines)} lines)", "\n".join(lines)))
+    if "session_factory" in funcargs:
+        report.sections.append(("job log (database)", _job_log(funcargs["session_factory"])))
+    return report
+
+
 def postgres_url(database: str) -> str:
     return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
 
