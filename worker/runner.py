@@ -84,22 +84,40 @@ def software_versions() -> dict[str, str]:
 
 
 class LeaseKeeper(threading.Thread):
-    """Calls ``renew()`` every ``interval`` seconds; sets ``lost`` once it returns False."""
+    """Calls ``renew()`` every ``interval`` seconds; sets ``lost`` once it returns False.
 
-    def __init__(self, renew: Callable[[], bool], interval: float):
+    ``lease``: how long a renewal lasts. A renewal that lands more than half of it
+    after the previous one logs ``heartbeat late``, with the gap and how long the
+    renewal itself took: a worker starved of CPU (or kept waiting by the database)
+    shows it in its log before the sweep takes its job away.
+    """
+
+    def __init__(self, renew: Callable[[], bool], interval: float, lease: float):
         super().__init__(name="lease-keeper", daemon=True)
-        self.renew, self.interval = renew, interval
+        self.renew, self.interval, self.lease = renew, interval, lease
         self.lost, self._done = threading.Event(), threading.Event()
 
     def run(self) -> None:
+        last = time.monotonic()
         while not self._done.wait(self.interval):
+            began = time.monotonic()
             try:
-                if not self.renew():
-                    log.warning("lease lost: another worker owns this task now")
-                    self.lost.set()
-                    return
+                renewed = self.renew()
             except Exception as exc:  # a database blip: the lease has slack, try again
                 log_retry("heartbeat", exc, self.interval)
+                continue
+            if not renewed:
+                log.warning("lease lost: another worker owns this task now")
+                self.lost.set()
+                return
+            now = time.monotonic()
+            if now - last > self.lease / 2:
+                log.warning(
+                    "heartbeat late: %.1f s since the last renewal (this one took %.1f s to "
+                    "write), the lease lasts %g s: is the machine overloaded?",
+                    now - last, now - began, self.lease,
+                )  # fmt: skip
+            last = now
 
     def stop(self) -> None:
         self._done.set()
@@ -134,7 +152,7 @@ def run_job(job_id: str) -> dict[str, Any]:
     except DATABASE_DOWN as exc:
         return _claim_failed(factory, job_id, exc, settings)
     renew = _renewer(factory, jobs.renew_lease, job_id, me, settings.lease_seconds)
-    keeper = LeaseKeeper(renew, settings.heartbeat_seconds)
+    keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds)
     keeper.start()
     try:
         return _train(job_id, config, settings, factory, keeper, me)
@@ -405,7 +423,7 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
     renew = _renewer(
         factory, evaluations.renew_evaluation_lease, evaluation_id, me, settings.lease_seconds
     )
-    keeper = LeaseKeeper(renew, settings.heartbeat_seconds)
+    keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds)
     keeper.start()
     try:
         values = {"status": "succeeded", **_autoattack(spec, settings)}

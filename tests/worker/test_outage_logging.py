@@ -22,7 +22,7 @@ def records_of(caplog, what: str, count: int, timeout: float = 10.0) -> list[log
 
 
 def run_keeper(renew, caplog) -> list[logging.LogRecord]:
-    keeper = LeaseKeeper(renew, interval=0.05)
+    keeper = LeaseKeeper(renew, interval=0.05, lease=60.0)
     with caplog.at_level(logging.WARNING, logger="worker.runner"):
         keeper.start()
         try:

@@ -1,0 +1,65 @@
+"""The lease keeper's own log: a late heartbeat is reported before the sweep acts on it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+
+from worker.runner import LeaseKeeper
+
+LATE = re.compile(
+    r"heartbeat late: (\d+\.\d) s since the last renewal \(this one took (\d+\.\d) s to "
+    r"write\), the lease lasts 0\.4 s: is the machine overloaded\?"
+)
+
+
+def run_until(keeper: LeaseKeeper, renewals: threading.Semaphore, count: int) -> None:
+    keeper.start()
+    try:
+        for _ in range(count):
+            assert renewals.acquire(timeout=30), "the keeper stopped renewing"
+    finally:
+        keeper.stop()
+
+
+def test_a_renewal_that_lands_after_half_the_lease_is_logged_with_its_gap(caplog):
+    renewals = threading.Semaphore(0)
+    calls = []
+
+    def slow_renew() -> bool:  # the second renewal takes 0.3 s: past half of a 0.4 s lease
+        calls.append(1)
+        if len(calls) == 2:
+            time.sleep(0.3)
+        renewals.release()
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        run_until(LeaseKeeper(slow_renew, interval=0.01, lease=0.4), renewals, 3)
+    late = [m for r in caplog.records if (m := LATE.fullmatch(r.getMessage()))]
+    assert late, caplog.text
+    gap, took = (float(v) for v in late[0].groups())
+    assert took >= 0.3 and gap >= took, late[0].group(0)
+
+
+def test_renewals_in_time_log_nothing(caplog):
+    renewals = threading.Semaphore(0)
+
+    def renew() -> bool:
+        renewals.release()
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        run_until(LeaseKeeper(renew, interval=0.01, lease=60.0), renewals, 5)
+    assert not [r for r in caplog.records if r.name == "worker"], caplog.text
+
+
+def test_a_renewal_refused_sets_lost_and_ends_the_keeper(caplog):
+    keeper = LeaseKeeper(lambda: False, interval=0.01, lease=60.0)
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        keeper.start()
+        assert keeper.lost.wait(30)
+        keeper.join(30)
+    assert not keeper.is_alive()
+    assert "lease lost: another worker owns this task now" in caplog.text
