@@ -306,15 +306,22 @@ def requeue_stale_jobs(
     stale_heartbeat = or_(Job.heartbeat_at < cutoff, Job.heartbeat_at.is_(None))
     stale = session.execute(
         select(
-            Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.heartbeat_at
+            Job.id,
+            Job.attempts,
+            Job.max_attempts,
+            Job.cancel_requested,
+            Job.heartbeat_at,
+            Job.lease_owner,
         ).where(Job.status == "running", stale_heartbeat)
     ).all()
     requeued = []
-    for job_id, attempts, max_attempts, cancel, heartbeat_at in stale:
+    for job_id, attempts, max_attempts, cancel, heartbeat_at, owner in stale:
         if explained_by_outage(heartbeat_at, stale_after, outage_began) and not cancel:
             values, message = _outage_outcome(attempts, heartbeat_at, now)
         else:
-            values, message = _stale_outcome(attempts, max_attempts, cancel, now)
+            values, message = _stale_outcome(
+                attempts, max_attempts, cancel, now, heartbeat_at, owner
+            )
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running", stale_heartbeat)
@@ -360,14 +367,27 @@ def _outage_outcome(
 
 
 def _stale_outcome(
-    attempts: int, max_attempts: int, cancel: bool, now: datetime
+    attempts: int,
+    max_attempts: int,
+    cancel: bool,
+    now: datetime,
+    heartbeat_at: datetime | None,
+    owner: str | None,
 ) -> tuple[dict[str, Any], str]:
     if cancel:
         return {"status": "canceled", "finished_at": now}, "worker lost while canceling: canceled"
     if attempts >= max_attempts:
         error = f"gave up after {attempts} attempts: worker lost"
         return {"status": "failed", "error": error, "finished_at": now}, error
-    message = f"worker lost (heartbeat stale); requeued after attempt {attempts}"
+    silent = (
+        "no heartbeat ever"
+        if heartbeat_at is None
+        else f"no heartbeat for {(now - heartbeat_at).total_seconds():.0f} s"
+    )
+    message = (
+        f"worker lost (heartbeat stale); requeued after attempt {attempts} "
+        f"({silent} from worker {owner})"
+    )
     return queued_again(now), message
 
 

@@ -111,7 +111,8 @@ def test_requeue_stale_jobs_then_give_up_after_max_attempts(session_factory, job
     job = _job(session_factory, job_id)
     assert job.status == "failed" and job.error == "gave up after 2 attempts: worker lost"
     assert job.finished_at is not None
-    assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
+    lost = "worker lost (heartbeat stale); requeued after attempt 1"
+    assert f"{lost} (no heartbeat for 61 s from worker a)" in messages, messages
 
 
 def test_a_heartbeat_gone_stale_in_a_database_outage_gets_its_attempt_back(session_factory, job_id):
@@ -146,7 +147,8 @@ def test_a_heartbeat_already_stale_before_the_outage_is_the_worker_lost(session_
         ) == [job_id]
         messages = list(session.scalars(select(JobLog.message).where(JobLog.job_id == job_id)))
     assert _job(session_factory, job_id).attempts == 1
-    assert "worker lost (heartbeat stale); requeued after attempt 1" in messages
+    lost = "worker lost (heartbeat stale); requeued after attempt 1"
+    assert f"{lost} (no heartbeat for 90 s from worker w)" in messages, messages
 
 
 def _claimed_evaluation(session, job_id, max_attempts):
