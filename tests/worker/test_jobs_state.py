@@ -6,7 +6,7 @@ import multiprocessing
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from db import jobs
 from db.models import Job, JobLog, JobMetric, utcnow
@@ -149,6 +149,18 @@ def test_a_heartbeat_already_stale_before_the_outage_is_the_worker_lost(session_
     assert _job(session_factory, job_id).attempts == 1
     lost = "worker lost (heartbeat stale); requeued after attempt 1"
     assert f"{lost} (no heartbeat for 90 s from worker w)" in messages, messages
+
+
+def test_a_running_job_that_never_sent_a_heartbeat_is_requeued_and_says_so(session_factory, job_id):
+    assert _claim(session_factory, job_id, "w")
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=None))
+        session.commit()
+        assert jobs.requeue_stale_jobs(session, utcnow(), 60) == [job_id]
+        messages = list(session.scalars(select(JobLog.message).where(JobLog.job_id == job_id)))
+    assert _job(session_factory, job_id).status == "queued"
+    lost = "worker lost (heartbeat stale); requeued after attempt 1"
+    assert f"{lost} (no heartbeat ever from worker w)" in messages, messages
 
 
 def _claimed_evaluation(session, job_id, max_attempts):
