@@ -155,6 +155,20 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+def modes_agree(model: nn.Module) -> bool:
+    """Whether train and eval mode compute the same function for ``model``.
+
+    False when any module keeps running statistics (BatchNorm, InstanceNorm with
+    ``track_running_stats``) or is a dropout layer.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            return False
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            return False
+    return True
+
+
 @contextmanager
 def frozen_batch_norm(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """BatchNorm layers in eval mode (running statistics used, not updated)."""

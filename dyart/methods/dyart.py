@@ -26,8 +26,12 @@ Choices where the published code has quirks (ALGORITHM.md §6b):
   produced the paper's results. ``freeze_bn=True`` computes the boundary term
   with BatchNorm layers in eval mode instead (running statistics used, not
   updated), so the pushed φ is the one the search saw.
-* **Which points are correct.** φ(x) > 1e-9 on the train-mode clean logits that
-  the CE term computes anyway, so the search needs no extra forward pass.
+* **Which points are correct.** φ(x) > 1e-9 in eval mode, as the search sees the
+  model (§3). For a model whose train and eval modes compute the same function (no
+  BatchNorm running statistics, no dropout) these are the clean logits the CE term
+  computes anyway, so no extra pass is spent. Otherwise one forward in eval mode
+  decides, before the clean train-mode forward, so the search's running statistics
+  do not yet include this batch (the published order).
 """
 
 from __future__ import annotations
@@ -39,7 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dyart.methods.base import Method, accuracy, check_ranges, frozen_batch_norm
+from dyart.methods.base import (
+    Method,
+    accuracy,
+    check_ranges,
+    eval_mode,
+    frozen_batch_norm,
+    modes_agree,
+)
 from dyart.methods.boundary import BoundaryResult, dual_norm, find_boundary, soft_margin
 
 
@@ -88,8 +99,14 @@ class DyART(Method):
 
     def step(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.hparams
-        logits = model(x)
-        check_ranges(x, y, logits.shape[1])
+        same = modes_agree(model)
+        if same:
+            logits = model(x)
+            search_logits = logits.detach()
+        else:
+            with torch.no_grad(), eval_mode(model):
+                search_logits = model(x)
+        check_ranges(x, y, search_logits.shape[1])
         found = find_boundary(
             model,
             x,
@@ -102,8 +119,10 @@ class DyART(Method):
             alpha_max=h["alpha_max"],
             eta=h["eta"],
             beta_back=h["beta_back"],
-            logits=logits.detach(),
+            logits=search_logits,
         )
+        if not same:
+            logits = model(x)
         weights = margin_weights(
             found.margin, found.grad, found.kept, r0=h["r0"], alpha=h["alpha"], norm=h["norm"]
         )

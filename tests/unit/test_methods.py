@@ -11,6 +11,7 @@ from torch import nn
 
 from dyart.errors import ConfigError, InputError
 from dyart.methods import METHOD_CLASSES, find_boundary, get_method, soft_margin
+from dyart.methods.base import eval_mode, modes_agree
 from dyart.methods.dyart import dyart_loss, margin_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,6 +180,34 @@ def test_freeze_bn_keeps_running_statistics_from_boundary_points():
         runs[freeze] = torch.allclose(model[1].running_mean, clean_only[1].running_mean)
         assert model[1].training
     assert runs == {False: False, True: True}
+
+
+def test_dyart_decides_correct_points_in_eval_mode():
+    """With BatchNorm, the points searched are those correct as the search sees the model."""
+    x, _ = batch(16)
+    model = tiny_model()
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)  # eval-mode logits far from the train-mode ones
+        model[1].running_var.fill_(0.01)
+        eval_pred = model.eval()(x).argmax(1)
+    model.train()
+    y = eval_pred.clone()
+    y[8:] = (eval_pred[8:] + 1) % 4  # half correct in eval mode
+    with torch.no_grad(), eval_mode(model):
+        eval_frac = (soft_margin(model(x), y, 50.0) > 1e-9).float().mean().item()
+    method = get_method("dyart", dataset="synthetic", iterations=3, temperature=50.0)
+    _, metrics = method(model, x, y)
+    with torch.no_grad():  # train mode: batch statistics, whatever the running ones
+        train_frac = (soft_margin(model(x), y, 50.0) > 1e-9).float().mean().item()
+    assert eval_frac > 0 and train_frac != eval_frac  # the two modes disagree here
+    assert metrics["frac_correct"].item() == eval_frac
+
+
+def test_modes_agree_only_without_running_statistics_or_dropout():
+    assert modes_agree(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2), nn.ReLU()))
+    assert modes_agree(nn.BatchNorm1d(2, track_running_stats=False))
+    assert not modes_agree(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+    assert not modes_agree(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
 
 
 @pytest.mark.parametrize("name", sorted(METHOD_ARGS))
