@@ -28,7 +28,7 @@ router = APIRouter(
 )
 CHUNK = 256 * 1024
 FORMATS = ("safetensors", "card", "robustbench", "robustbench_entry")
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.IGNORECASE)
 
 
 def checkpoint_file(request: Request, checkpoint: Checkpoint, fmt: str) -> Path:
@@ -87,27 +87,47 @@ def list_checkpoints(job: OwnedJob, session: SessionDep, request: Request) -> Ch
     return CheckpointsPage(items=[checkpoint_public(request, c) for c in rows])
 
 
+def _number(digits: str, cap: int) -> int:
+    """``int(digits)``, or ``cap`` if larger: int() refuses strings of over 4300 digits."""
+    digits = digits.lstrip("0") or "0"
+    return cap if len(digits) > len(str(cap)) else min(int(digits), cap)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``(start, end)`` inclusive for a single byte range; None for the whole file."""
+    """``(start, end)`` inclusive for a single byte range; None for the whole file.
+
+    As RFC 9110 §14 says: a unit other than bytes is ignored, an end past the file
+    is clamped, a suffix longer than the file is the whole file, and a start past
+    the end is unsatisfiable (416).
+    """
     if not header:
+        return None
+    unit, _, _ = header.partition("=")
+    if unit.strip().lower() != "bytes":
         return None
     match = _RANGE.match(header.strip())
     if match is None:
         if "," in header:
             return None  # multiple ranges: answer with the whole file (RFC 9110 allows it)
-        raise RangeNotSatisfiableError(f"unsupported Range {header!r}: use bytes=START-END", size)
+        raise RangeNotSatisfiableError(
+            f"unsupported Range {_shortened(header)!r}: use bytes=START-END", size
+        )
     first, last = match.groups()
     if not first and not last:
         raise RangeNotSatisfiableError(f"empty Range {header!r}", size)
     if not first:  # the last N bytes
-        start, end = max(0, size - int(last)), size - 1
+        start, end = size - _number(last, size), size - 1
     else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        start, end = _number(first, size), _number(last, size - 1) if last else size - 1
     if start >= size or start > end:
         raise RangeNotSatisfiableError(
-            f"range {header!r} is outside the file of {size} bytes", size
+            f"range {_shortened(header)!r} is outside the file of {size} bytes", size
         )
     return start, end
+
+
+def _shortened(header: str, keep: int = 80) -> str:
+    return header if len(header) <= keep else f"{header[:keep]}... ({len(header)} characters)"
 
 
 def _read(path: Path, start: int, end: int) -> Iterator[bytes]:

@@ -105,3 +105,35 @@ def test_file_without_a_row_is_never_offered(client, checkpoint, settings):
     stray.write_bytes(b"stray")
     items = client().get(f"/api/v1/jobs/{checkpoint['job']['id']}/checkpoints").json()["items"]
     assert [c["kind"] for c in items] == ["final"]
+
+
+HUGE = "9" * 5000  # past Python's int() limit of 4300 digits
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "content_range", "part"),
+    [
+        (f"0-{HUGE}", 206, f"bytes 0-{SIZE - 1}/{SIZE}", slice(None)),  # end clamped
+        (f"-{HUGE}", 206, f"bytes 0-{SIZE - 1}/{SIZE}", slice(None)),  # suffix: the whole file
+        (f"{'0' * 5000}1-2", 206, f"bytes 1-2/{SIZE}", slice(1, 3)),  # leading zeros
+        (f"{HUGE}-", 416, f"bytes */{SIZE}", None),  # start past the end
+        (f"{HUGE}-{HUGE}", 416, f"bytes */{SIZE}", None),
+    ],
+)
+def test_range_with_a_very_long_number_is_answered_like_any_other(
+    client, checkpoint, spec, status, content_range, part
+):
+    response = client().get(_url(checkpoint), headers={"Range": f"bytes={spec}"})
+    assert response.status_code == status
+    assert response.headers["content-range"] == content_range
+    if part is not None:
+        assert response.content == checkpoint["data"][part]
+    else:
+        detail = response.json()["detail"]
+        assert "outside the file" in detail and len(detail) < 200  # the header, shortened
+
+
+def test_range_in_an_unknown_unit_is_ignored(client, checkpoint):
+    response = client().get(_url(checkpoint), headers={"Range": "items=0-1"})
+    assert response.status_code == 200 and "content-range" not in response.headers
+    assert response.content == checkpoint["data"]
