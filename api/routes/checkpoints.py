@@ -7,21 +7,23 @@ the filesystem, and a row pointing outside the artifact store is refused.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from starlette.types import Receive, Scope, Send
 
 from api.deps import OwnedCheckpoint, OwnedJob, SessionDep
 from api.errors import RangeNotSatisfiableError, ResourceNotFoundError
 from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import CheckpointPublic, CheckpointsPage
 from db.models import Checkpoint
-from dyart.files import file_sha256
 
 router = APIRouter(
     prefix=API_PREFIX, tags=["checkpoints"], responses={**AUTHED_ERRORS, **error_responses(416)}
@@ -130,20 +132,88 @@ def _shortened(header: str, keep: int = 80) -> str:
     return header if len(header) <= keep else f"{header[:keep]}... ({len(header)} characters)"
 
 
-def _read(path: Path, start: int, end: int) -> Iterator[bytes]:
-    with path.open("rb") as f:
-        f.seek(start)
-        left = end - start + 1
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
+def _read(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    f.seek(start)
+    left = end - start + 1
+    while left > 0:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
+        yield chunk
+
+
+def _sha256(f: BinaryIO) -> str:
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+    f.seek(0)
+    return digest
+
+
+class FileStreamResponse(StreamingResponse):
+    """Streams ``file`` from ``start`` to ``end``; closes it when the response ends,
+    fails or is cut off by the client."""
+
+    def __init__(self, file: BinaryIO, start: int, end: int, **kwargs: Any):
+        self.file = file
+        super().__init__(_read(file, start, end), **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.file.close()
+
+
+DOWNLOAD = "/checkpoints/{checkpoint_id}/download"
+FormatQuery = Annotated[Literal["safetensors", "card", "robustbench", "robustbench_entry"], Query()]
+
+
+def _open(request: Request, checkpoint: Checkpoint, fmt: str) -> tuple[Path, BinaryIO]:
+    path = checkpoint_file(request, checkpoint, fmt)
+    try:
+        return path, path.open("rb")
+    except FileNotFoundError:  # removed since checkpoint_file looked
+        raise ResourceNotFoundError(f"{fmt} file of checkpoint", checkpoint.id) from None
+
+
+def _response(
+    checkpoint: Checkpoint, request: Request, fmt: str, file: tuple[Path, BinaryIO]
+) -> Response:
+    path, f = file
+    size = os.fstat(f.fileno()).st_size
+    sha = checkpoint.sha256 if fmt == "safetensors" else _sha256(f)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{sha}"',
+        "X-Checksum-SHA256": sha,
+        "Content-Disposition": f'attachment; filename="{checkpoint.job_id}-{path.name}"',
+    }
+    use_range = request.headers.get("if-range") in (None, f'"{sha}"')
+    span = parse_range(request.headers.get("range") if use_range else None, size)
+    start, end = span or (0, size - 1)
+    headers["Content-Length"] = str(end - start + 1)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    media = "application/json" if path.suffix == ".json" else "application/octet-stream"
+    status = 206 if span else 200
+    return FileStreamResponse(f, start, end, status_code=status, headers=headers, media_type=media)
+
+
+def answer_download(request: Request, checkpoint: Checkpoint, fmt: str) -> Response:
+    """The download's response. The file is opened once, and its size, checksum and
+    bytes all come from that open file: the trainer renames a new file over
+    best/latest each epoch, and a second open could find another file than the one
+    measured."""
+    file = _open(request, checkpoint, fmt)
+    try:
+        return _response(checkpoint, request, fmt, file)
+    except BaseException:  # a bad range (416) or a failed read: nothing will stream it
+        file[1].close()
+        raise
 
 
 @router.get(
-    "/checkpoints/{checkpoint_id}/download",
+    DOWNLOAD,
     response_class=StreamingResponse,
     responses={206: {"description": "partial content"}, 416: {"description": "bad range"}},
 )
@@ -151,29 +221,9 @@ def download_checkpoint(
     checkpoint: OwnedCheckpoint,
     session: SessionDep,
     request: Request,
-    format: Literal["safetensors", "card", "robustbench", "robustbench_entry"] = Query(
-        "safetensors"
-    ),
-) -> StreamingResponse:
+    format: FormatQuery = "safetensors",
+) -> Response:
     """Stream a checkpoint file; supports Range (resume), ETag and If-Range."""
-    path = checkpoint_file(request, checkpoint, format)
-    size = path.stat().st_size
-    sha = checkpoint.sha256 if format == "safetensors" else file_sha256(path)
-    headers = {
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{sha}"',
-        "X-Checksum-SHA256": sha,
-        "Content-Disposition": f'attachment; filename="{checkpoint.job_id}-{path.name}"',
-    }
-    if_range = request.headers.get("if-range")
-    wanted = request.headers.get("range") if if_range in (None, f'"{sha}"') else None
-    span = parse_range(wanted, size)
-    start, end = span or (0, size - 1)
-    headers["Content-Length"] = str(end - start + 1)
-    if span is not None:
-        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    media = "application/json" if path.suffix == ".json" else "application/octet-stream"
+    response = answer_download(request, checkpoint, format)
     session.close()  # a slow download must not hold a database connection to its end
-    return StreamingResponse(
-        _read(path, start, end), status_code=206 if span else 200, headers=headers, media_type=media
-    )
+    return response

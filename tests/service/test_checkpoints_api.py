@@ -4,6 +4,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import anyio
 import pytest
 
 from db.models import Checkpoint
@@ -137,3 +138,83 @@ def test_range_in_an_unknown_unit_is_ignored(client, checkpoint):
     response = client().get(_url(checkpoint), headers={"Range": "items=0-1"})
     assert response.status_code == 200 and "content-range" not in response.headers
     assert response.content == checkpoint["data"]
+
+
+async def _download_asgi(app, url, token, on_start=None, abort=False):
+    """GET ``url`` through the app's ASGI interface, as uvicorn calls it: (headers, body).
+
+    ``on_start`` runs when the headers go out; with ``abort`` the client goes away
+    after the first chunk of the body.
+    """
+    path, _, query = url.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    headers, body, gone, asked = {}, bytearray(), anyio.Event(), 0
+
+    async def receive():
+        nonlocal asked
+        asked += 1
+        if asked > 1:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            headers.update({k.decode(): v.decode() for k, v in message["headers"]})
+            if on_start is not None:
+                on_start()
+        elif not gone.is_set():
+            body.extend(message.get("body", b""))
+            if abort:
+                gone.set()
+
+    await app(scope, receive, send)
+    return headers, bytes(body)
+
+
+def _open_fds_on(path):
+    """How many of this process's open files are ``path`` (or a deleted file that was)."""
+    fds = Path("/proc/self/fd")
+    links = []
+    for fd in fds.iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:  # closed while listing
+            continue
+    return sum(1 for link in links if link.startswith(str(path)))
+
+
+def test_download_streams_the_file_it_measured_while_the_trainer_replaces_it(
+    app, alice, checkpoint, settings
+):
+    path = Path(settings.artifacts_dir) / checkpoint["job"]["id"] / "model-final.safetensors"
+
+    def replace():  # what the trainer does each epoch: write a new file, rename it over
+        fresh = path.with_suffix(".tmp")
+        fresh.write_bytes(os.urandom(1000))
+        os.replace(fresh, path)
+
+    headers, body = anyio.run(_download_asgi, app, _url(checkpoint), alice[1], replace)
+    assert headers["content-length"] == str(len(body)) == str(SIZE)
+    assert body == checkpoint["data"]
+    assert _open_fds_on(path) == 0
+
+
+def test_aborted_download_closes_its_file(app, alice, checkpoint, settings):
+    path = Path(settings.artifacts_dir) / checkpoint["job"]["id"] / "model-final.safetensors"
+    headers, body = anyio.run(_download_asgi, app, _url(checkpoint), alice[1], None, True)
+    assert headers["content-length"] == str(SIZE) and 0 < len(body) < SIZE
+    assert _open_fds_on(path) == 0
