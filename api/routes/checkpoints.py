@@ -177,7 +177,7 @@ def _open(request: Request, checkpoint: Checkpoint, fmt: str) -> tuple[Path, Bin
 
 
 def _response(
-    checkpoint: Checkpoint, request: Request, fmt: str, file: tuple[Path, BinaryIO]
+    checkpoint: Checkpoint, request: Request, fmt: str, file: tuple[Path, BinaryIO], head: bool
 ) -> Response:
     path, f = file
     size = os.fstat(f.fileno()).st_size
@@ -188,7 +188,8 @@ def _response(
         "X-Checksum-SHA256": sha,
         "Content-Disposition": f'attachment; filename="{checkpoint.job_id}-{path.name}"',
     }
-    use_range = request.headers.get("if-range") in (None, f'"{sha}"')
+    # RFC 9110 §14.2 defines Range for GET only, and asks servers to ignore it otherwise.
+    use_range = not head and request.headers.get("if-range") in (None, f'"{sha}"')
     span = parse_range(request.headers.get("range") if use_range else None, size)
     start, end = span or (0, size - 1)
     headers["Content-Length"] = str(end - start + 1)
@@ -196,17 +197,20 @@ def _response(
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     media = "application/json" if path.suffix == ".json" else "application/octet-stream"
     status = 206 if span else 200
+    if head:
+        f.close()
+        return Response(status_code=status, headers=headers, media_type=media)
     return FileStreamResponse(f, start, end, status_code=status, headers=headers, media_type=media)
 
 
-def answer_download(request: Request, checkpoint: Checkpoint, fmt: str) -> Response:
-    """The download's response. The file is opened once, and its size, checksum and
-    bytes all come from that open file: the trainer renames a new file over
-    best/latest each epoch, and a second open could find another file than the one
-    measured."""
+def answer_download(request: Request, checkpoint: Checkpoint, fmt: str, head: bool) -> Response:
+    """The download's response (headers only for ``head``). The file is opened once,
+    and its size, checksum and bytes all come from that open file: the trainer
+    renames a new file over best/latest each epoch, and a second open could find
+    another file than the one measured."""
     file = _open(request, checkpoint, fmt)
     try:
-        return _response(checkpoint, request, fmt, file)
+        return _response(checkpoint, request, fmt, file, head)
     except BaseException:  # a bad range (416) or a failed read: nothing will stream it
         file[1].close()
         raise
@@ -224,6 +228,16 @@ def download_checkpoint(
     format: FormatQuery = "safetensors",
 ) -> Response:
     """Stream a checkpoint file; supports Range (resume), ETag and If-Range."""
-    response = answer_download(request, checkpoint, format)
+    response = answer_download(request, checkpoint, format, head=False)
     session.close()  # a slow download must not hold a database connection to its end
     return response
+
+
+@router.head(DOWNLOAD, response_class=Response)
+def head_checkpoint(
+    checkpoint: OwnedCheckpoint,
+    request: Request,
+    format: FormatQuery = "safetensors",
+) -> Response:
+    """A download's headers (size, ETag, checksum) without its body; Range is ignored."""
+    return answer_download(request, checkpoint, format, head=True)

@@ -50,7 +50,7 @@ def test_a_422_body_has_the_documented_shape(client):
         ("GET", "/api/v1/jobs/{id}/resume", "POST"),
         ("DELETE", "/api/v1/jobs/{id}", "GET"),
         ("PUT", "/api/v1/jobs", "GET, POST"),
-        ("PATCH", "/api/v1/checkpoints/{id}/download", "GET"),
+        ("PATCH", "/api/v1/checkpoints/{id}/download", "GET, HEAD"),
     ],
 )
 def test_a_method_the_path_does_not_take_is_405(client, make_job, method, path, allowed):

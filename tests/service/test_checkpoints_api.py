@@ -140,6 +140,31 @@ def test_range_in_an_unknown_unit_is_ignored(client, checkpoint):
     assert response.content == checkpoint["data"]
 
 
+def test_head_answers_the_headers_of_a_download_without_its_body(client, checkpoint):
+    full = client().get(_url(checkpoint))
+    head = client().head(_url(checkpoint))
+    assert head.status_code == 200 and head.content == b""
+    names = ("content-length", "content-type", "accept-ranges", "etag", "x-checksum-sha256")
+    for name in (*names, "content-disposition"):
+        assert head.headers[name] == full.headers[name], name
+    card, card_head = (
+        client().get(_url(checkpoint, "card")),
+        client().head(_url(checkpoint, "card")),
+    )
+    assert card_head.headers["x-checksum-sha256"] == card.headers["x-checksum-sha256"]
+
+
+def test_head_ignores_range_as_rfc_9110_asks(client, checkpoint):
+    head = client().head(_url(checkpoint), headers={"Range": "bytes=0-9"})
+    assert head.status_code == 200 and head.headers["content-length"] == str(SIZE)
+    assert "content-range" not in head.headers
+
+
+def test_head_follows_the_download_rules_for_tokens_and_owners(client, checkpoint, bob):
+    assert client(bob).head(_url(checkpoint)).status_code == 404
+    assert client(headers={}).head(_url(checkpoint)).status_code == 401
+
+
 async def _download_asgi(app, url, token, on_start=None, abort=False):
     """GET ``url`` through the app's ASGI interface, as uvicorn calls it: (headers, body).
 
