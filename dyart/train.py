@@ -66,6 +66,7 @@ class StageRun:
     seconds: float = 0.0  # time spent in the current epoch before a resume
     sums: Tensor | None = None  # per-epoch sums and counts of METRIC_KEYS
     best: dict[str, Any] = field(default_factory=lambda: {"val_pgd_acc": None, "epoch": 0})
+    row: dict[str, Any] | None = None  # the last finished epoch's metrics row
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class StageRun:
             "seconds": self.seconds,
             "sums": self.sums,
             "best": dict(self.best),
+            "row": self.row,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,6 +93,7 @@ class StageRun:
         self.loader.load_state_dict(state["loader"])
         for key in ("epoch", "batch", "step", "seconds", "sums", "best"):
             setattr(self, key, state[key])
+        self.row = state.get("row")  # absent from states saved before rows were kept
 
 
 class Trainer:
@@ -198,6 +201,7 @@ class Trainer:
         if state is not None:
             run.load_state_dict(state)
             checkpoint.restore_rng(state["rng"])
+            self._finish_epoch_end(run)
         self.callbacks.on_stage_start(
             stage,
             {"epochs": run.epochs, "steps_per_epoch": len(run.loader),
@@ -299,17 +303,42 @@ class Trainer:
         improved = run.name == "train" and _improves(val_pgd, run.best["val_pgd_acc"])
         if improved:
             run.best = {"val_pgd_acc": val_pgd, "epoch": run.epoch}
-        self._save_latest(run)
+        run.row = row
+        self._save_latest(run)  # from here the epoch is done; what follows is redone on resume
         paths = [("latest", self._save_model(run.ema.module, "latest", run))]
-        if improved or (run.name == "train" and val_pgd is None):
+        if _saves_best(run):
             paths.append(("best", self._save_model(run.ema.module, "best", run)))
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append_row(row)
         self.callbacks.on_epoch_end(run.name, run.epoch, row)
         for kind, path in paths:
             self.callbacks.on_checkpoint(kind, path, run.name, run.epoch)
         if self.callbacks.should_stop():
             raise StopRequested(f"stopped after {run.name} epoch {run.epoch}; state saved")
+
+    def _finish_epoch_end(self, run: StageRun) -> None:
+        """Redo what a crash cut short after an epoch's state was saved.
+
+        The state is saved first at an epoch's end, then the model files and the
+        metrics row. A run killed in between resumes here: a model file whose card
+        is not this epoch's is written again (the EMA model is the one the state
+        holds), and a row missing from ``metrics.jsonl`` is appended.
+        """
+        if run.batch != 0 or run.epoch == 0 or run.row is None:
+            return
+        kinds = ["latest", "best"] if _saves_best(run) else ["latest"]
+        for kind in kinds:
+            if _card_position(self._model_path(kind)) != (run.name, run.epoch):
+                path = self._save_model(run.ema.module, kind, run)
+                log.info("%s: wrote %s again after an interrupted epoch end", run.name, path)
+                self.callbacks.on_checkpoint(kind, path, run.name, run.epoch)
+        if (run.name, run.epoch) not in _rows_written(self.out_dir / "metrics.jsonl"):
+            self._append_row(run.row)
+
+    def _append_row(self, row: dict[str, Any]) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _finish_stage(self, run: StageRun) -> None:
         if run.name == "burn_in":
@@ -537,6 +566,35 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", f"{device!r} asked for, but CUDA is not available here")
     return torch.device(device)
+
+
+def _saves_best(run: StageRun) -> bool:
+    """Whether the epoch just ended writes the best model: it improved, or nothing judges."""
+    if run.name != "train" or run.row is None:
+        return False
+    return run.row.get("val_pgd_acc") is None or run.best["epoch"] == run.epoch
+
+
+def _card_position(path: Path) -> tuple[str, int] | None:
+    """(stage, epoch) the model card beside ``path`` records; None if unreadable."""
+    try:
+        card = json.loads(path.with_suffix(".json").read_text())
+        return str(card["stage"]), int(card["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _rows_written(path: Path) -> set[tuple[str, int]]:
+    """(stage, epoch) of every whole row in a metrics.jsonl."""
+    rows = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                rows.add((str(row["stage"]), int(row["epoch"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    return rows
 
 
 def _improves(value: float | None, best: float | None) -> bool:

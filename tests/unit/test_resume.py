@@ -1,7 +1,9 @@
 """Exact resume: a run stopped and resumed ends bit-identical to an uninterrupted one."""
 
+import json
 import logging
 import os
+import shutil
 
 import pytest
 import torch
@@ -205,3 +207,54 @@ def test_a_run_begun_on_more_threads_than_cores_says_it_will_differ(tmp_path, ca
     assert seen.threads == {"burn_in": 1}
     assert (seen.info["threads"], seen.info["threads_began"]) == (1, 4096)
     assert "the run began on 4096" in caplog.text and "not be bit-identical" in caplog.text
+
+
+class CopyAt(Callback):
+    """Copies the model files and metrics.jsonl aside at one epoch's end."""
+
+    def __init__(self, out_dir, stage: str, epoch: int, to):
+        self.out_dir, self.at, self.to = out_dir, (stage, epoch), to
+
+    def on_epoch_end(self, stage, epoch, row):
+        if (stage, epoch) == self.at:
+            self.to.mkdir()
+            for path in self.out_dir.glob("model-*"):
+                shutil.copy2(path, self.to / path.name)
+            shutil.copy2(self.out_dir / "metrics.jsonl", self.to / "metrics.jsonl")
+
+
+class RecordCheckpoints(Callback):
+    def __init__(self):
+        self.saved = []
+
+    def on_checkpoint(self, kind, path, stage, epoch):
+        self.saved.append((kind, stage, epoch))
+
+
+def _rows(out_dir):
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [(r["stage"], r["epoch"], r["train_loss"]) for r in map(json.loads, lines)]
+
+
+def test_a_kill_after_an_epochs_state_is_saved_loses_no_model_file_or_row(tmp_path):
+    """Killed between an epoch's state and its model files and row: resuming writes them.
+
+    The crash is rebuilt from a run stopped after train epoch 2 whose model files and
+    metrics.jsonl are put back as they were after epoch 1.
+    """
+    config = _config(val_size=0)  # no validation: every train epoch writes the best model
+    straight, crashed, aside = tmp_path / "straight", tmp_path / "crashed", tmp_path / "aside"
+    Trainer(config, straight, device="cpu").run(STAGES)
+    copy = CopyAt(crashed, "train", 1, aside)
+    with pytest.raises(StopRequested):
+        Trainer(config, crashed, device="cpu", callbacks=[copy, StopAfter("train", 2)]).run(STAGES)
+    for path in aside.iterdir():
+        shutil.copy2(path, crashed / path.name)
+    assert ("train", 2) not in [row[:2] for row in _rows(crashed)]
+
+    record = RecordCheckpoints()
+    Trainer(config, crashed, device="cpu", callbacks=[record]).run(STAGES)
+    assert record.saved == [("latest", "train", 2), ("best", "train", 2), ("final", "train", 2)]
+    assert _rows(crashed) == _rows(straight)
+    for name in ("model-best.safetensors", "model-latest.safetensors"):
+        assert (crashed / name).read_bytes() == (straight / name).read_bytes(), name
