@@ -3,7 +3,8 @@
 Each hook opens a short session and commits, so the API (and its event
 stream) sees progress as it happens. A checkpoint row is written only in
 ``on_checkpoint``, which the trainer calls after the file's atomic rename: the
-size and sha256 are of the complete file. ``should_stop`` is called after every
+size and sha256 are of the complete file; a file a killed worker never recorded
+is recorded when the job resumes (its card says its epoch and sha256). ``should_stop`` is called after every
 step, so it reads the cancel flag at most once per ``poll_seconds``.
 
 The job's own AutoAttack evaluation (its ``evaluate`` stage) is an evaluation
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import jobs
-from db.models import Checkpoint, Evaluation, JobMetric, utcnow
+from db.models import CHECKPOINT_KINDS, Checkpoint, Evaluation, JobMetric, utcnow
 from dyart.callbacks import Callback
 from worker.artifacts import ArtifactStore, file_sha256
 
@@ -64,9 +65,11 @@ class DbCallback(Callback):
     def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
         start = int(info.get("start_epoch") or 0)
         self.position, self._epochs = (stage, start + 1), int(info.get("epochs") or 0)
+        recover, self._recovered = not self._recovered, True  # once per attempt
+        if recover:
+            self._recover_checkpoints()
         with self.factory() as session:
-            if not self._recovered:  # once per attempt, before its first row
-                self._recovered = True
+            if recover:  # before the attempt's first row
                 self._recover_rows(session)
             jobs.set_progress(
                 session, self.job_id, stage, start + 1 if stage != "evaluate" else 0, 0
@@ -113,6 +116,31 @@ class DbCallback(Callback):
                 metric = jobs.record_metric(session, self.job_id, *key, row)
                 self._log(session, _epoch_line(metric, row) + " [recovered from metrics.jsonl]")
 
+    def _recover_checkpoints(self) -> None:
+        """Checkpoint rows a killed worker never brought up to date with their files.
+
+        The trainer writes a model file and then calls ``on_checkpoint``; a worker
+        killed in between leaves the file newer than its row (another epoch, another
+        sha256), so downloads would send a checksum the bytes do not have. The card
+        beside each file says its stage, epoch and sha256: where the row differs,
+        write it again from the file.
+        """
+        with self.factory() as session:
+            query = select(Checkpoint.kind, Checkpoint.sha256)
+            have = dict(session.execute(query.where(Checkpoint.job_id == self.job_id)).all())
+        for path in sorted(self.store.job_dir(self.job_id).glob("model-*.safetensors")):
+            kind = path.stem.removeprefix("model-")
+            try:
+                card = json.loads(path.with_suffix(".json").read_text())
+                stage, epoch, sha256 = str(card["stage"]), int(card["epoch"]), card["sha256"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # no whole card: the trainer writes this file again
+            if kind in CHECKPOINT_KINDS and have.get(kind) != sha256:
+                self._write_checkpoint(kind, path, stage, epoch, "recovered")
+
+    def on_checkpoint(self, kind: str, path: Path, stage: str, epoch: int) -> None:
+        self._write_checkpoint(kind, path, stage, epoch, "saved")
+
     def on_step(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.position = (stage, epoch)
         with self.factory() as session:
@@ -127,7 +155,7 @@ class DbCallback(Callback):
             self._log(session, _epoch_line(metric, row))
             session.commit()
 
-    def on_checkpoint(self, kind: str, path: Path, stage: str, epoch: int) -> None:
+    def _write_checkpoint(self, kind: str, path: Path, stage: str, epoch: int, verb: str) -> None:
         path = Path(path)
         robustbench = path.with_name(f"{path.stem}-robustbench.pt")
         values = {
@@ -149,9 +177,12 @@ class DbCallback(Callback):
             else:
                 for key, value in values.items():
                     setattr(row, key, value)
-            self._log(
-                session, f"checkpoint {kind} saved ({stage} epoch {epoch}, {values['size']} bytes)"
-            )
+            where = f"{stage} epoch {epoch}, {values['size']} bytes"
+            if verb == "saved":
+                self._log(session, f"checkpoint {kind} saved ({where})")
+            else:
+                self._log(session, f"checkpoint {kind}: row brought up to date with its file "
+                          f"({where}); a worker had stopped before recording it")  # fmt: skip
             session.commit()
 
     def _start_evaluation(self, session: Session, info: dict[str, Any]) -> None:

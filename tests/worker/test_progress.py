@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 
@@ -74,6 +75,36 @@ def test_checkpoint_row_is_replaced_by_a_newer_file_of_its_kind(callback, sessio
         assert (row.epoch, row.size, row.sha256) == (2, 6, file_sha256(weights))
         assert row.path == f"jobs/{callback.job_id}/model-latest.safetensors"
         assert row.card_path.endswith(".json") and row.robustbench_path is None
+
+
+def test_a_file_newer_than_its_row_brings_the_row_up_to_date_on_resume(callback, session_factory):
+    """A worker killed between writing model-best and recording it left the row behind."""
+    folder = callback.store.job_dir(callback.job_id)
+
+    def write(kind, epoch, data):
+        path = folder / f"model-{kind}.safetensors"
+        path.write_bytes(data)
+        card = {"stage": "train", "epoch": epoch, "sha256": hashlib.sha256(data).hexdigest()}
+        path.with_suffix(".json").write_text(json.dumps(card))
+        return path
+
+    callback.on_checkpoint("best", write("best", 1, b"epoch one"), "train", 1)
+    callback.on_checkpoint("latest", write("latest", 3, b"epoch three"), "train", 3)
+    best = write("best", 3, b"epoch three, best")  # the kill: no on_checkpoint
+    (folder / "model-stray.safetensors").write_bytes(b"not a kind")
+    callback.on_stage_start("train", {"start_epoch": 3, "resumed": True})
+    with session_factory() as session:
+        rows = {r.kind: (r.epoch, r.size, r.sha256) for r in session.scalars(select(Checkpoint))}
+    assert rows == {
+        "best": (3, best.stat().st_size, file_sha256(best)),
+        "latest": (3, 11, file_sha256(folder / "model-latest.safetensors")),
+    }
+    lines = log_lines(session_factory, callback.job_id)
+    assert lines[2] == (
+        f"checkpoint best: row brought up to date with its file (train epoch 3, "
+        f"{best.stat().st_size} bytes); a worker had stopped before recording it"
+    )
+    assert lines[3:] == ["resumed train from the checkpoint at epoch 3"]
 
 
 def test_should_stop_follows_cancel_and_lost_lease(callback, session_factory):
