@@ -248,7 +248,9 @@ def list_jobs(
         if value:
             query = query.where(column == value)
     if q:
-        query = query.where(or_(Job.name.contains(q, autoescape=True), Job.id.startswith(q)))
+        query = query.where(
+            or_(Job.name.contains(q, autoescape=True), Job.id.startswith(q, autoescape=True))
+        )
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(
         query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)

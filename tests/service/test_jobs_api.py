@@ -66,6 +66,14 @@ def test_list_jobs_filters_and_pages_newest_first(client, make_job):
     ]
 
 
+@pytest.mark.parametrize("q", ["%", "_", "%%", "_" * 8])
+def test_list_jobs_q_wildcards_match_only_themselves(client, make_job, q):
+    for i in range(3):
+        make_job(client, name=f"run-{i}")
+    page = client().get("/api/v1/jobs", params={"q": q}).json()
+    assert page["total"] == 0 and page["items"] == []
+
+
 def test_list_jobs_rejects_bad_paging(client):
     response = client().get("/api/v1/jobs?limit=0")
     assert response.status_code == 422
