@@ -9,7 +9,8 @@ AutoAttack comes from the ``pyautoattack`` package. Presets:
 Each attack runs on the points every earlier attack failed to break (as
 AutoAttack's ``standard`` does), so the accuracy after each attack is known.
 With ``state_dir``, progress is saved per eps and per attack: an evaluation
-that is interrupted resumes where it stopped.
+that is interrupted resumes where it stopped. ``should_stop`` is asked before
+each attack, so a stop request is honoured within one attack's time.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from dyart.checkpoint import atomic_write
+from dyart.errors import StopRequested
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -136,6 +139,7 @@ def autoattack_eval(
     batch_size: int = 500,
     state_dir: str | Path | None = None,
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """AutoAttack robust accuracy at each eps, with the accuracy after each attack.
 
@@ -148,10 +152,16 @@ def autoattack_eval(
         batch_size: images per attack batch.
         state_dir: folder for progress files; a rerun with the same folder resumes.
         seed: AutoAttack's seed.
+        should_stop: asked before each attack; when it returns True the evaluation
+            stops with :class:`StopRequested` (finished attacks are kept in
+            ``state_dir``).
 
     Returns:
         ``{"preset", "n", "norm", "attacks", "results": [{"eps", "clean_acc",
         "robust_acc", "per_attack": {attack: accuracy after it}}]}``.
+
+    Raises:
+        StopRequested: ``should_stop`` returned True.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset: {preset!r} is not one of {', '.join(PRESETS)}")
@@ -164,7 +174,9 @@ def autoattack_eval(
     for eps in eps_list:
         folder = None if state_dir is None else Path(state_dir) / f"eps_{eps:.6g}"
         results.append(
-            _eval_one_eps(model, x, y, float(eps), preset, norm, batch_size, folder, seed)
+            _eval_one_eps(
+                model, x, y, float(eps), preset, norm, batch_size, folder, seed, should_stop
+            )
         )
     return {
         "preset": preset,
@@ -185,6 +197,7 @@ def _eval_one_eps(
     batch_size: int,
     folder: Path | None,
     seed: int,
+    should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
     progress = _read_progress(folder, len(x))
     if progress is None:
@@ -200,6 +213,12 @@ def _eval_one_eps(
     for attack in PRESETS[preset]:
         if attack in progress["per_attack"]:
             continue
+        if should_stop is not None and should_stop():
+            done = ", ".join(progress["per_attack"]) or "none"
+            raise StopRequested(
+                f"stopped during the evaluation at eps {eps:g} before {attack} "
+                f"(attacks done at this eps: {done})"
+            )
         flags = _run_attack(model, x, y, flags, eps, attack, preset, norm, batch_size, folder, seed)
         progress["flags"] = flags.cpu().tolist()
         progress["per_attack"][attack] = flags.sum().item() / len(flags)

@@ -375,13 +375,11 @@ class Trainer:
         info = {"epochs": 0, "steps_per_epoch": 0, "eps": list(cfg.eval_eps), "n": n}
         self.callbacks.on_stage_start("evaluate", {**info, "preset": cfg.eval_preset})
         results = []
-        for eps in cfg.eval_eps:  # one eps at a time, so a cancel is seen between them
-            if self.callbacks.should_stop():
-                done = [r["eps"] for r in results]
-                raise StopRequested(f"stopped during the evaluation (eps done: {done})")
+        for eps in cfg.eval_eps:  # the stop request is asked before each attack
             result = autoattack_eval(
                 model, x, y, eps_list=[eps], preset=cfg.eval_preset,
                 state_dir=self.out_dir / "state" / "autoattack", seed=cfg.seed,
+                should_stop=self.callbacks.should_stop,
             )  # fmt: skip
             results.extend(result["results"])
         result["results"] = results

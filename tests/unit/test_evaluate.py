@@ -1,10 +1,13 @@
 """Clean, PGD and AutoAttack evaluation: result structure, ordering, resume, warnings."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
 from dyart.data import load_dataset
+from dyart.errors import StopRequested
 from dyart.evaluate import (
     EvaluationWarning,
     autoattack_eval,
@@ -83,6 +86,29 @@ def test_state_dir_resumes_without_repeating_finished_work(trained, tmp_path):
     assert clean_accuracy(wrong, x, y) != first["results"][0]["clean_acc"]
     again = autoattack_eval(wrong.eval(), x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
     assert again["results"] == first["results"]
+
+
+def test_a_stop_request_is_honoured_between_attacks_and_the_rerun_finishes(trained, tmp_path):
+    model, x, y = trained
+    x, y = x[:10], y[:10]
+    straight = autoattack_eval(model, x, y, eps_list=[0.05], preset="custom")
+    asked = []
+
+    def stop_after_one():
+        asked.append(True)
+        return len(asked) > 1  # the first attack runs, the second is refused
+
+    with pytest.raises(StopRequested, match=r"at eps 0.05 before apgd-t .*done at this eps: apgd"):
+        autoattack_eval(
+            model, x, y, eps_list=[0.05], preset="custom", state_dir=tmp_path,
+            should_stop=stop_after_one,
+        )  # fmt: skip
+    progress = json.loads((tmp_path / "eps_0.05" / "progress.json").read_text())
+    assert list(progress["per_attack"]) == ["apgd-ce"]
+    resumed = autoattack_eval(
+        model, x, y, eps_list=[0.05], preset="custom", state_dir=tmp_path, should_stop=lambda: False
+    )
+    assert resumed["results"] == straight["results"]
 
 
 def test_unknown_preset_is_refused(trained):
