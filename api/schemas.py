@@ -35,6 +35,9 @@ def _no_nul(value: str | None) -> str | None:
 
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "choice": "string"}
+# The most eps one AutoAttack run takes: an evaluation's ``eps`` and a job's ``eval_eps``.
+MAX_EPS = 20
+MAX_ITEMS = {"eval_eps": MAX_EPS}  # list fields the catalog leaves unbounded
 
 
 def _train_param_field(param: catalog.Param) -> tuple[Any, Any]:
@@ -42,6 +45,8 @@ def _train_param_field(param: catalog.Param) -> tuple[Any, Any]:
     schema: dict[str, Any] = {"type": _JSON_TYPES.get(param.type, "array")}
     if param.type == "float_list":
         schema["items"] = {"type": "number", "minimum": param.min, "maximum": param.max}
+        if param.name in MAX_ITEMS:
+            schema["maxItems"] = MAX_ITEMS[param.name]
     elif param.type == "choice":
         schema["enum"] = list(param.choices)
     elif param.type != "bool":
@@ -82,16 +87,31 @@ def validate_job_create(body: BaseModel, data_dir: str | Path | None) -> dict[st
     """The resolved TrainConfig dict for ``body``, or FieldsInvalidError (422)."""
     spec = body.model_dump(exclude={"name"}, exclude_none=True)
     spec.update({k: v for k, v in (body.model_extra or {}).items() if v is not None})
+    too_long = _too_long_lists(spec)
+    for field, _ in too_long:  # refused here: no need to check its items one by one
+        spec.pop(field)
     not_finite = _non_finite_numbers(spec)
     if not_finite:  # 1e400 parses as inf, which an integer field cannot even compare
-        raise FieldsInvalidError(not_finite)
+        raise FieldsInvalidError(too_long + not_finite)
     resolved, errors = catalog.validate_job(spec, data_dir)
+    errors = too_long + errors
     for key, value in (body.model_extra or {}).items():
         if value is None:
             errors.append((key, f"unknown field {key!r}"))
     if errors:
         raise FieldsInvalidError(errors)
     return resolved
+
+
+def _too_long_lists(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) for each list field with more items than it may have."""
+    errors = []
+    for field, limit in MAX_ITEMS.items():
+        value = spec.get(field)
+        if isinstance(value, list) and len(value) > limit:
+            message = f"{field}: at most {limit} values are allowed, got {len(value)}"
+            errors.append((field, message))
+    return errors
 
 
 def _non_finite_numbers(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -205,7 +225,7 @@ class EvaluationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     eps: list[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
-        min_length=1, max_length=20, description="L-inf radii on the pixel scale, in [0, 1]"
+        min_length=1, max_length=MAX_EPS, description="L-inf radii on the pixel scale, in [0, 1]"
     )
     preset: Literal["standard", "custom", "fast"] = "standard"
     n: int = Field(default=1000, ge=1, le=100000, strict=True, description="test images to attack")

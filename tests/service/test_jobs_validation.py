@@ -141,3 +141,21 @@ def test_thousands_of_bad_fields_get_a_bounded_answer(client):
         "message": "body: 4950 more invalid fields not listed; fix the ones above first",
     }
     assert len(response.content) < 10_000
+
+
+def test_create_job_rejects_more_eval_eps_than_an_evaluation_takes(client):
+    at_limit = client().post("/api/v1/jobs", json={**GOOD, "eval_eps": [0.1] * 20})
+    assert at_limit.status_code == 201 and len(at_limit.json()["config"]["eval_eps"]) == 20
+    body = {**GOOD, "eval_eps": [0.1] * 100_000, "epochs": 0}
+    response = client().post("/api/v1/jobs", json=body)
+    assert _errors(response) == {
+        ("eval_eps", "eval_eps: at most 20 values are allowed, got 100000"),
+        ("epochs", "epochs: 0 is below the minimum 1"),
+    }
+    assert len(response.content) < 1000
+    assert client().get("/api/v1/jobs").json()["total"] == 1
+
+
+def test_job_schema_says_how_many_eval_eps_it_takes(app):
+    schema = app.openapi()["components"]["schemas"]["JobCreate"]["properties"]["eval_eps"]
+    assert schema["maxItems"] == 20
