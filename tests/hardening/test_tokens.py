@@ -38,8 +38,9 @@ def test_every_route_but_health_catalog_and_metrics_needs_a_token(app, client):
             assert response.status_code in (200, 503), (method, path)
             continue
         assert response.status_code == 401, (method, path, response.text)
-        assert response.json() == {"detail": MISSING}
         assert response.headers["www-authenticate"] == "Bearer"
+        if method != "HEAD":  # a HEAD answer has no body
+            assert response.json() == {"detail": MISSING}
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,8 @@ def test_revoked_token_is_401_on_every_route_and_other_tokens_still_work(
             continue
         response = revoked.request(method, _fill(path, job["id"]), json={})
         assert response.status_code == 401, (method, path)
-        assert response.json() == {"detail": INVALID}
+        if method != "HEAD":  # a HEAD answer has no body
+            assert response.json() == {"detail": INVALID}
     still = client(headers={"Authorization": f"Bearer {spare}"}).get(f"/api/v1/jobs/{job['id']}")
     assert still.status_code == 200
 
