@@ -5,15 +5,23 @@ loopback address; ``"required"`` always asks for one, ``"off"`` never does
 (and is refused off loopback by the settings). Without auth, a request that
 carries no token acts as the built-in admin user ``local``; a token that is
 sent is still checked, so a bad one is a 401 in every mode.
+
+The settings name the address the server should listen on, not the one it does
+(``uvicorn api.main:app --host 0.0.0.0`` ignores DYART_HOST), so without auth
+each request is also checked against the address it arrived on: see
+:func:`arrived_beyond_loopback`.
 """
 
 from __future__ import annotations
+
+import ipaddress
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import AuthMissingError
+from api.errors import AuthMissingError, AuthOffExposedError
 from db import tokens
 from db.models import User
 from db.settings import is_loopback
@@ -29,6 +37,41 @@ def auth_required(settings: object) -> bool:
     if mode == "auto":
         return not is_loopback(str(getattr(settings, "host", "127.0.0.1")))
     return True
+
+
+def arrived_beyond_loopback(server: Any) -> str | None:
+    """The address a request arrived on if it is a network address beyond loopback.
+
+    ``server`` is the ASGI scope's ``(host, port)`` of the socket the request came
+    in on; uvicorn and other servers give the socket's numeric address. Only a host
+    that parses as an IP address can be refused: a Unix socket (a path) and an
+    in-process client (TestClient's "testserver") are not on any network. An
+    IPv4-mapped IPv6 address (a dual-stack socket) counts as its IPv4 address.
+    """
+    if not isinstance(server, (tuple, list)) or not server:
+        return None
+    host = str(server[0])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return None if (mapped or address).is_loopback else host
+
+
+def refuse_no_auth_beyond_loopback(server: Any, settings: object) -> None:
+    """AuthOffExposedError (403) for a request without auth that arrived off loopback."""
+    host = arrived_beyond_loopback(server)
+    if host is None:
+        return
+    mode = str(getattr(settings, "auth", "auto"))
+    bound = getattr(settings, "host", "127.0.0.1")
+    raise AuthOffExposedError(
+        f"authentication is off (DYART_AUTH={mode}, DYART_HOST={bound}) but this request "
+        f"arrived on {host}, an address beyond loopback, so anyone who can reach it would "
+        "act as the admin: set DYART_AUTH=required and send bearer tokens, or serve on "
+        "127.0.0.1 only"
+    )
 
 
 def bearer_token(header: str | None) -> str | None:

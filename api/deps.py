@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from api.auth import authenticate
+from api.auth import authenticate, refuse_no_auth_beyond_loopback
 from api.errors import ResourceNotFoundError
 from db.models import Checkpoint, Job, User
 
@@ -32,9 +32,11 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def current_user(request: Request, session: SessionDep) -> User:
-    """The authenticated user (401 otherwise; see api.auth)."""
-    header = request.headers.get("authorization")
-    return authenticate(session, header, request.app.state.auth_required)
+    """The authenticated user (401 otherwise; 403 without auth off loopback: see api.auth)."""
+    required = request.app.state.auth_required
+    if not required:
+        refuse_no_auth_beyond_loopback(request.scope.get("server"), request.app.state.settings)
+    return authenticate(session, request.headers.get("authorization"), required)
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

@@ -45,6 +45,12 @@ class AuthMissingError(ApiError):
     status = 401
 
 
+class AuthOffExposedError(ApiError):
+    """Authentication is off, but the request reached the server off loopback."""
+
+    status = 403
+
+
 class ResourceNotFoundError(ApiError):
     """Unknown id, or an id owned by another user (the two look the same)."""
 

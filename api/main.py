@@ -82,8 +82,9 @@ class BodySizeLimitMiddleware:
 async def _lifespan(app: FastAPI) -> Any:
     if not app.state.auth_required:
         log.warning(
-            "authentication is OFF: the service listens on loopback (%s), and every request "
-            "without a token acts as the admin user 'local'",
+            "authentication is OFF: the service should listen on loopback (DYART_HOST=%s); "
+            "every request without a token acts as the admin user 'local', and a request "
+            "that arrives on any other address is refused",
             app.state.settings.host,
         )
     yield

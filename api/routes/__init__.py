@@ -9,6 +9,10 @@ API_PREFIX = "/api/v1"
 
 _ERRORS: dict[int, dict[str, Any]] = {
     401: {"model": ErrorPublic, "description": "missing, malformed or revoked token"},
+    403: {
+        "model": ErrorPublic,
+        "description": "authentication is off and the request arrived beyond loopback",
+    },
     404: {"model": ErrorPublic, "description": "no such id, or another user's"},
     409: {"model": ErrorPublic, "description": "not possible in the resource's state"},
     413: {"model": ErrorPublic, "description": "request body over the limit"},
@@ -24,4 +28,4 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 # Every route that needs a token and may read a body or an id.
-AUTHED_ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+AUTHED_ERRORS = error_responses(401, 403, 404, 409, 413, 422, 503)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from api.auth import auth_required, is_loopback
+from api.auth import arrived_beyond_loopback, auth_required, is_loopback
 from api.main import create_app
 from tests.service.conftest import BASE, TestClient
 
@@ -58,6 +58,67 @@ def test_without_auth_requests_act_as_local_admin_and_bad_tokens_still_fail(sett
         assert c.get("/api/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert "authentication is OFF" in caplog.text
     app.state.engine.dispose()
+
+
+def _no_auth_client(settings, base_url):
+    app = create_app(settings.model_copy(update={"auth": "auto", "host": "127.0.0.1"}))
+    return app, TestClient(app, base_url=base_url)
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://0.0.0.0:8000", "http://192.0.2.1:8000", "http://[2001:db8::1]:8000"]
+)
+def test_without_auth_a_request_arriving_beyond_loopback_is_403(settings, alice, base_url):
+    """``uvicorn --host 0.0.0.0`` with the default settings: the requests that arrive on
+    a network address must not act as the admin."""
+    app, c = _no_auth_client(settings, base_url)
+    with c:
+        response = c.get("/api/v1/me")
+        assert response.status_code == 403
+        detail = response.json()["detail"]
+        assert detail.startswith("authentication is off")
+        assert "beyond loopback" in detail and "DYART_AUTH=required" in detail
+        jobs = c.post("/api/v1/jobs", json={"dataset": "digits", "architecture": "mlp"})
+        assert jobs.status_code == 403
+        with_token = c.get("/api/v1/me", headers={"Authorization": f"Bearer {alice[1]}"})
+        assert with_token.status_code == 403
+        assert c.get("/api/v1/health").status_code == 200  # public in every mode
+    app.state.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8000", "http://127.8.9.10:8000", "http://[::1]:8000", BASE],
+)
+def test_without_auth_a_request_arriving_on_loopback_acts_as_local(settings, base_url):
+    app, c = _no_auth_client(settings, base_url)
+    with c:
+        assert c.get("/api/v1/me").json()["name"] == "local"
+    app.state.engine.dispose()
+
+
+def test_with_auth_a_request_arriving_beyond_loopback_uses_its_token(app, alice):
+    with TestClient(app, base_url="http://192.0.2.1:8000") as c:
+        assert c.get("/api/v1/me").status_code == 401
+        me = c.get("/api/v1/me", headers={"Authorization": f"Bearer {alice[1]}"})
+        assert me.json()["name"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("server", "beyond"),
+    [
+        (("192.0.2.1", 8000), "192.0.2.1"),
+        (("::ffff:192.0.2.1", 8000), "::ffff:192.0.2.1"),
+        (("fe80::1%eth0", 8000), "fe80::1%eth0"),
+        (("::ffff:127.0.0.1", 8000), None),  # loopback on a dual-stack socket
+        (("127.0.0.1", 8000), None),
+        (("/run/dyart.sock", None), None),  # a Unix socket
+        (("testserver", 80), None),  # an in-process client
+        (None, None),
+    ],
+)
+def test_arrived_beyond_loopback_reads_the_servers_address(server, beyond):
+    assert arrived_beyond_loopback(server) == beyond
 
 
 def _cli(settings, *args):
