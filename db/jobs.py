@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from db.models import (
     FINAL_STATUSES,
     METRIC_COLUMNS,
+    Evaluation,
     Job,
     JobLog,
     JobMetric,
@@ -209,12 +210,29 @@ def request_cancel(session: Session, job: Job) -> Job:
     if job.status == "queued":
         check_transition(job, "canceled")
         job.status, job.finished_at = "canceled", utcnow()
+        close_own_evaluations(session, job.id, "canceled", "canceled with its job")
     elif job.status == "running":
         job.cancel_requested = True
     else:
         raise InvalidTransitionError(job.id, job.status, "canceled")
     session.flush()
     return job
+
+
+def close_own_evaluations(
+    session: Session, job_id: str, status: str, error: str, now: datetime | None = None
+) -> int:
+    """End the job's own running evaluation (its evaluate stage: no lease owner of its
+    own, so the evaluation sweep never looks at it) with the job's final ``status``.
+    Returns how many rows it ended."""
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.job_id == job_id, Evaluation.status == "running")
+        .where(Evaluation.lease_owner.is_(None))
+        .values(status=status, finished_at=now or utcnow(), error=error)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)
 
 
 def resume_job(session: Session, job: Job) -> Job:
@@ -295,10 +313,11 @@ def requeue_stale_jobs(
     """Requeue running jobs whose heartbeat is older than ``stale_after`` seconds.
 
     A job out of attempts fails ("gave up after N attempts: worker lost"); a job
-    with a pending cancel ends canceled. ``outage_began``: when the sweeping process
-    last reached the database before an outage it saw (``OutageClock``). A job whose
-    heartbeat was still fresh then went stale because its worker could not write
-    either: it is requeued with its attempt given back, not blamed on the worker.
+    with a pending cancel ends canceled; either way its own running evaluation ends
+    with it. ``outage_began``: when the sweeping process last reached the database
+    before an outage it saw (``OutageClock``). A job whose heartbeat was still fresh
+    then went stale because its worker could not write either: it is requeued with
+    its attempt given back, not blamed on the worker.
     Each change is a conditional UPDATE, so two sweeps at once cannot both take a
     job. Returns the ids to send again.
     """
@@ -332,6 +351,8 @@ def requeue_stale_jobs(
             add_log(session, job_id, message, "WARNING")
             if values["status"] == "queued":
                 requeued.append(job_id)
+            else:
+                close_own_evaluations(session, job_id, values["status"], message, now)
     session.commit()
     return requeued
 
