@@ -206,17 +206,47 @@ def release_job(session: Session, job_id: str, worker_id: str) -> bool:
 
 
 def request_cancel(session: Session, job: Job) -> Job:
-    """Cancel: a queued job ends at once; a running one is asked to stop at its next step."""
-    if job.status == "queued":
-        check_transition(job, "canceled")
-        job.status, job.finished_at = "canceled", utcnow()
-        close_own_evaluations(session, job.id, "canceled", "canceled with its job")
-    elif job.status == "running":
-        job.cancel_requested = True
-    else:
-        raise InvalidTransitionError(job.id, job.status, "canceled")
-    session.flush()
-    return job
+    """Cancel: a queued job ends at once; a running one is asked to stop at its next step.
+
+    Judged by conditional UPDATEs, not by the status ``job`` was read with: a
+    worker may claim the job, or the sweep queue it again, in between. Raises
+    InvalidTransitionError if the job has ended. ``job`` is refreshed; the caller
+    commits.
+    """
+    for _ in range(3):  # the job may move between queued and running meanwhile
+        if _cancel_queued(session, job.id) or _ask_running_to_stop(session, job.id):
+            session.refresh(job)
+            return job
+        session.refresh(job)
+        if job.status not in ("queued", "running"):
+            break
+    raise InvalidTransitionError(job.id, job.status, "canceled")
+
+
+def _cancel_queued(session: Session, job_id: str) -> bool:
+    """queued -> canceled, only if the job is queued now (its own evaluation ends too)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="canceled", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return False
+    close_own_evaluations(session, job_id, "canceled", "canceled with its job", now)
+    return True
+
+
+def _ask_running_to_stop(session: Session, job_id: str) -> bool:
+    """Set the cancel flag, only if the job is running now; its worker reads it."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def close_own_evaluations(
