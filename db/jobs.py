@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -104,7 +104,8 @@ def claim_job(
     """Take the job's lease in ONE conditional UPDATE; True if this worker got it.
 
     Claimable: queued, or running with an expired lease (its worker died), in
-    both cases with attempts left and no cancel pending. Counts one attempt.
+    both cases with attempts left and no cancel pending. Counts one attempt. A
+    queued job with a cancel pending is ended canceled instead (``end_pending_cancels``).
     """
     now = now or utcnow()
     claimable = or_(
@@ -128,6 +129,7 @@ def claim_job(
     )
     session.commit()
     if result.rowcount != 1:
+        end_pending_cancels(session, now, job_id)
         return False
     session.execute(
         update(Job).where(Job.id == job_id, Job.started_at.is_(None)).values(started_at=now)
@@ -197,12 +199,37 @@ def mark_canceled(
     return _finish(session, job_id, worker_id, commit, status="canceled", finished_at=utcnow())
 
 
-def release_job(session: Session, job_id: str, worker_id: str) -> bool:
+def release_job(session: Session, job_id: str, worker_id: str, commit: bool = True) -> str | None:
     """Give a running job back to the queue (its worker is shutting down after saving).
 
     The attempt is given back too: the job was not lost, so it does not count.
+    A job whose cancel was asked meanwhile ends canceled instead: queued, no
+    worker would take it. One conditional UPDATE decides on the flag as it is,
+    so a cancel landing during the hand-over cannot be lost. Returns the new
+    status ("queued" or "canceled"), None if ``worker_id`` no longer holds the job.
     """
-    return _finish(session, job_id, worker_id, **queued_again(utcnow()), attempts=Job.attempts - 1)
+    now = utcnow()
+    canceling = Job.cancel_requested.is_(True)
+    status = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+        .values(
+            status=case((canceling, "canceled"), else_="queued"),
+            finished_at=case((canceling, literal(now, Job.finished_at.type)), else_=None),
+            attempts=Job.attempts - 1,
+            sent_at=now,
+            resends=0,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .returning(Job.status)
+        .execution_options(synchronize_session=False)
+    )
+    if status == "canceled":
+        close_own_evaluations(session, job_id, "canceled", "canceled with its job", now)
+    if commit:
+        session.commit()
+    return status
 
 
 def request_cancel(session: Session, job: Job) -> Job:
@@ -247,6 +274,31 @@ def _ask_running_to_stop(session: Session, job_id: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def end_pending_cancels(session: Session, now: datetime, job_id: str | None = None) -> list[str]:
+    """End canceled the queued jobs (or the one ``job_id``) whose cancel was asked while
+    they ran: no worker claims such a job, so queued it would wait forever. Commits."""
+    query = update(Job).where(Job.status == "queued", Job.cancel_requested.is_(True))
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+    ended = list(
+        session.scalars(
+            query.values(status="canceled", finished_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for ended_id in ended:
+        close_own_evaluations(session, ended_id, "canceled", "canceled with its job", now)
+        add_log(
+            session,
+            ended_id,
+            "canceled: the cancel was asked before the job went back to the queue; "
+            "its latest checkpoint is kept: resume the job to continue from it",
+        )
+    session.commit()
+    return ended
 
 
 def close_own_evaluations(
@@ -374,6 +426,7 @@ def requeue_stale_jobs(
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running", stale_heartbeat)
+            .where(Job.cancel_requested.is_(cancel))  # a cancel asked since: next sweep
             .values(lease_owner=None, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
         )

@@ -18,6 +18,10 @@ once a second). Outcomes:
 * the database unreachable (a restart) -> wait for it (up to ``lease_seconds``), then
                                         queue the job again, its attempt given back; it
                                         resumes from its latest checkpoint
+* a warm shutdown (SIGTERM)          -> the same hand-over, once its state is saved
+
+A hand-over of a job whose cancel was asked ends it canceled instead: queued
+with its flag set, no worker would take it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from worker.progress import DbCallback, LeaseLostError, close_job_evaluations
 log = logging.getLogger("worker")
 SHUTDOWN = threading.Event()  # set by a warm shutdown of this worker (worker.app)
 DATABASE_DOWN = (OperationalError, InterfaceError)  # SQLAlchemy's "cannot reach it" errors
+KEPT = "its latest checkpoint is kept: resume the job to continue from it"
 
 
 @lru_cache(maxsize=4)
@@ -241,12 +246,11 @@ def _database_lost(
         return {"job_id": job_id, "status": "database_unreachable"}
     if not _outage(exc, was_down):
         return None  # the database answers: an error like any other
-    message = (
-        f"database connection lost during training ({type(exc).__name__}); "
-        "job queued again, it resumes from its latest checkpoint"
-    )
+    lost = f"database connection lost during training ({type(exc).__name__})"
+    message = f"{lost}; job queued again, it resumes from its latest checkpoint"
+    canceled = f"canceled: {lost}, with a cancel pending; {KEPT}"
     try:
-        return _hand_over(factory, job_id, me, message, "WARNING")
+        return _hand_over(factory, job_id, me, message, "WARNING", canceled)
     except DATABASE_DOWN:  # gone again: the sweep takes over
         return {"job_id": job_id, "status": "database_unreachable"}
 
@@ -285,7 +289,7 @@ def _train(
         return {"job_id": job_id, "status": "lease_lost"}
     except StopRequested as exc:
         if callback.handing_over:
-            return _hand_over(factory, job_id, me)
+            return _hand_over(factory, job_id, me, canceled=f"canceled: {exc}")
         return _end(factory, job_id, me, "canceled", f"canceled: {exc}")
     except DyartError as exc:
         return _end(factory, job_id, me, "failed", str(exc))
@@ -489,13 +493,22 @@ def _hand_over(
     me: str,
     message: str = "worker shutting down: state saved, job queued again",
     level: str = "INFO",
+    canceled: str = f"canceled: worker shutting down, with a cancel pending; {KEPT}",
 ) -> dict[str, Any]:
-    """Queue the saved job again for another worker (its attempt not counted)."""
+    """Queue the saved job again for another worker (its attempt not counted); a job
+    whose cancel was asked meanwhile ends canceled instead, logging ``canceled``."""
     with factory() as session:
-        if not jobs.release_job(session, job_id, me):
+        status = jobs.release_job(session, job_id, me, commit=False)
+        if status is None:
             return {"job_id": job_id, "status": "lease_lost"}
-        jobs.add_log(session, job_id, message, level)
+        if status == "canceled":
+            jobs.add_log(session, job_id, canceled)
+        else:
+            jobs.add_log(session, job_id, message, level)
         session.commit()
+    if status == "canceled":
+        log.info("job %s canceled (cancel pending at hand-over)", job_id)
+        return {"job_id": job_id, "status": "canceled"}
     from worker.app import app
 
     app.send_task("worker.run_job", args=[job_id])

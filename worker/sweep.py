@@ -8,6 +8,8 @@ Every ``sweep_seconds`` it
   a database outage this process saw (``OutageClock``) is not the worker's
   fault, and the job gets its attempt back;
 * does the same for evaluations;
+* ends canceled any queued job with a cancel pending (asked while it ran, just
+  before it went back to the queue): no worker claims such a job;
 * sends again the task of any job or evaluation still queued
   ``resend_after_seconds`` after its task went out (the broker was down when
   the API sent it, or lost it); each further re-send waits twice as long, up
@@ -76,6 +78,7 @@ def sweep_once(
     ``OutageClock``."""
     now = utcnow()
     stale = jobs.requeue_stale_jobs(session, now, settings.stale_after_seconds, outage_began)
+    jobs.end_pending_cancels(session, now)
     unsent = jobs.queued_jobs_to_resend(session, now, settings.resend_after_seconds)
     stale_evaluations = evaluations.requeue_stale_evaluations(
         session, now, settings.stale_after_seconds, settings.max_attempts, outage_began

@@ -1,5 +1,6 @@
-"""A cancel racing a claim or the stale sweep, on the real database: a job whose
-cancel was asked ends canceled, and is never canceled under a worker that trains it.
+"""A cancel racing a claim, a hand-over or the stale sweep, on the real database: a job
+whose cancel was asked always ends canceled, never queued for good, and never
+canceled under a worker that trains it; the job's own evaluation ends with it.
 
 The races are made to happen, not hoped for: a hook on the engine runs the other
 party's statements (another session, committed) just before the first
@@ -13,11 +14,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select, update
+from sqlalchemy.exc import OperationalError
 
 from db import jobs
-from db.models import Job, utcnow
+from db.models import Evaluation, Job, JobLog, utcnow
 from tests.worker.conftest import TINY_JOB, resolved
+from worker import runner
 
 
 @pytest.fixture
@@ -37,6 +40,33 @@ def _claim(session_factory, job_id, worker, now=None):
 def _job(session_factory, job_id) -> Job:
     with session_factory(expire_on_commit=False) as session:
         return session.get(Job, job_id)
+
+
+def _cancel(session_factory, job_id) -> None:
+    with session_factory() as session:
+        jobs.request_cancel(session, session.get(Job, job_id))
+        session.commit()
+
+
+def _log(session_factory, job_id) -> list[str]:
+    with session_factory() as session:
+        query = select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
+        return list(session.scalars(query))
+
+
+def _own_evaluation(session_factory, job_id) -> int:
+    """A running evaluation of the job's evaluate stage (no lease owner of its own)."""
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, status="running", preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def _evaluation(session_factory, evaluation_id) -> tuple[str, str | None]:
+    with session_factory() as session:
+        row = session.get(Evaluation, evaluation_id)
+        return row.status, row.error
 
 
 @contextmanager
@@ -98,3 +128,101 @@ def test_cancel_of_an_ended_job_is_refused(session_factory, job_id):
         assert jobs.mark_succeeded(session, job_id, "w")
         with pytest.raises(jobs.InvalidTransitionError, match="is succeeded; it cannot become"):
             jobs.request_cancel(session, session.get(Job, job_id))
+
+
+def test_a_hand_over_with_a_cancel_pending_ends_canceled_not_queued(session_factory, job_id):
+    """SIGTERM after the user canceled, before the worker read the flag: the
+    hand-over ends the job canceled (no worker would ever claim it queued)."""
+    assert _claim(session_factory, job_id, "w")
+    evaluation = _own_evaluation(session_factory, job_id)
+    _cancel(session_factory, job_id)
+    result = runner._hand_over(session_factory, job_id, "w")
+    assert result == {"job_id": job_id, "status": "canceled"}
+    job = _job(session_factory, job_id)
+    assert (job.status, job.lease_owner, job.attempts) == ("canceled", None, 0)
+    assert job.finished_at is not None
+    assert _log(session_factory, job_id)[-1] == (
+        "canceled: worker shutting down, with a cancel pending; "
+        "its latest checkpoint is kept: resume the job to continue from it"
+    )
+    assert _evaluation(session_factory, evaluation)[0] == "canceled"
+    assert not _claim(session_factory, job_id, "v")
+
+
+def test_a_hand_over_after_the_database_came_back_honours_a_pending_cancel(
+    settings, session_factory, job_id
+):
+    assert _claim(session_factory, job_id, "w")
+    _cancel(session_factory, job_id)
+    lost = OperationalError(
+        "UPDATE job", {}, Exception("server closed the connection"), connection_invalidated=True
+    )
+    result = runner._database_lost(session_factory, job_id, "w", lost, settings)
+    assert result == {"job_id": job_id, "status": "canceled"}
+    assert _job(session_factory, job_id).status == "canceled"
+    assert _log(session_factory, job_id)[-1] == (
+        "canceled: database connection lost during training (OperationalError), with a "
+        "cancel pending; its latest checkpoint is kept: resume the job to continue from it"
+    )
+
+
+def test_a_hand_over_without_a_cancel_queues_the_job_again(session_factory, job_id):
+    assert _claim(session_factory, job_id, "w")
+    with session_factory() as session:
+        assert jobs.release_job(session, job_id, "w") == "queued"
+        assert jobs.release_job(session, job_id, "w") is None  # no longer the holder
+    job = _job(session_factory, job_id)
+    assert (job.status, job.attempts, job.finished_at, job.resends) == ("queued", 0, None, 0)
+
+
+def test_a_queued_job_with_a_cancel_pending_ends_canceled_at_its_claim(session_factory, job_id):
+    """A row left queued with its cancel flag set (as the races above left them
+    before): the next delivery of its task ends it canceled instead of skipping it."""
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        session.commit()
+    assert not _claim(session_factory, job_id, "w")
+    job = _job(session_factory, job_id)
+    assert (job.status, job.lease_owner) == ("canceled", None) and job.finished_at
+    assert _log(session_factory, job_id)[-1].startswith(
+        "canceled: the cancel was asked before the job went back to the queue"
+    )
+
+
+def test_the_sweep_ends_a_queued_job_with_a_cancel_pending(settings, session_factory, job_id):
+    """Its task may be lost too: the sweep does not wait for a delivery."""
+    from celery import Celery
+
+    from worker.sweep import sweep_once
+
+    with session_factory() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        session.commit()
+    app = Celery("test-sweep", broker=settings.broker_url, set_as_current=False)
+    try:
+        with session_factory() as session:
+            sweep_once(session, app, settings)
+    finally:
+        app.close()
+    assert _job(session_factory, job_id).status == "canceled"
+
+
+def test_a_cancel_landing_during_the_sweeps_requeue_is_not_lost(session_factory, job_id):
+    """The sweep read the stale job without a cancel; the user cancels before its
+    UPDATE: the job is not queued with the flag set, and the next sweep cancels it."""
+    start = utcnow()
+    assert _claim(session_factory, job_id, "w", now=start)
+    evaluation = _own_evaluation(session_factory, job_id)
+    later = start + timedelta(seconds=61)
+    with before_first_job_update(session_factory, lambda: _cancel(session_factory, job_id)):
+        with session_factory() as session:
+            requeued = jobs.requeue_stale_jobs(session, later, 60)
+    job = _job(session_factory, job_id)
+    assert (job.status, job.cancel_requested) != ("queued", True) and requeued == []
+    with session_factory() as session:
+        assert jobs.requeue_stale_jobs(session, later, 60) == []
+    assert _job(session_factory, job_id).status == "canceled"
+    assert _evaluation(session_factory, evaluation) == (
+        "canceled",
+        "worker lost while canceling: canceled",
+    )
