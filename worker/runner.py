@@ -205,6 +205,28 @@ def _outage(exc: BaseException, was_down: bool) -> bool:
     return was_down or bool(getattr(exc, "connection_invalidated", False))
 
 
+def write_through_outage(
+    factory: sessionmaker[Session], timeout: float, what: str, write: Callable[[], Any]
+) -> Any:
+    """``write()``; if the database does not answer, wait for it (up to ``timeout``
+    seconds) and write once more. For the writes that end a job or an evaluation:
+    without this a short outage left a finished job running until the sweep, which
+    counted an attempt (and on the last one failed it). The writes are conditional
+    UPDATEs, so the second try cannot apply twice. Returns what ``write()`` returns,
+    None if the database stayed away: the sweep takes the row over once it is back.
+    """
+    try:
+        return write()
+    except DATABASE_DOWN as exc:
+        log.warning("%s: database unreachable (%s); waiting for it", what, _first_line(exc))
+    answers, _ = _wait_for_database(factory, timeout)
+    if not answers:
+        log.warning("%s: database still unreachable; the sweep takes over once it is back", what)
+        return None
+    log.info("%s: database answers again; writing it now", what)
+    return write()
+
+
 def _claim_failed(
     factory: sessionmaker[Session], job_id: str, exc: BaseException, settings: Settings
 ) -> dict[str, Any]:
@@ -279,7 +301,7 @@ def _train(
 ) -> dict[str, Any]:
     from dyart.errors import DyartError, StopRequested
 
-    store = ArtifactStore(settings.artifacts_dir)
+    store, lease = ArtifactStore(settings.artifacts_dir), settings.lease_seconds
     callback = DbCallback(job_id, factory, store, keeper.lost, config_dict, shutdown=SHUTDOWN)
     try:
         trainer = _make_trainer(job_id, config_dict, settings, factory, store, callback)
@@ -290,9 +312,9 @@ def _train(
     except StopRequested as exc:
         if callback.handing_over:
             return _hand_over(factory, job_id, me, canceled=f"canceled: {exc}")
-        return _end(factory, job_id, me, "canceled", f"canceled: {exc}")
+        return _end(factory, job_id, me, "canceled", f"canceled: {exc}", lease=lease)
     except DyartError as exc:
-        return _end(factory, job_id, me, "failed", str(exc))
+        return _end(factory, job_id, me, "failed", str(exc), lease=lease)
     except Exception as exc:
         if isinstance(exc, DATABASE_DOWN):
             lost = _database_lost(factory, job_id, me, exc, settings)
@@ -306,8 +328,8 @@ def _train(
             )
         else:
             error = _internal_error(exc, callback.position, job_dir)
-        return _end(factory, job_id, me, "failed", error, traceback.format_exc())
-    return _end(factory, job_id, me, "succeeded", "succeeded")
+        return _end(factory, job_id, me, "failed", error, traceback.format_exc(), lease=lease)
+    return _end(factory, job_id, me, "succeeded", "succeeded", lease=lease)
 
 
 def _internal_error(exc: BaseException, position: tuple[str, int] | None, job_dir: Path) -> str:
@@ -394,20 +416,30 @@ def _end(
     status: str,
     message: str,
     details: str | None = None,
+    *,
+    lease: float,
 ) -> dict[str, Any]:
-    with factory() as session:
-        if status == "succeeded":
-            changed = jobs.mark_succeeded(session, job_id, me, commit=False)
-        elif status == "canceled":
-            changed = jobs.mark_canceled(session, job_id, me, commit=False)
-        else:
-            changed = jobs.mark_failed(session, job_id, message, me, commit=False)
-        if changed:
-            close_job_evaluations(session, job_id, status, message)
-            jobs.add_log(session, job_id, message, "INFO" if status != "failed" else "ERROR")
-            if details:
-                jobs.add_log(session, job_id, details, "ERROR")
-        session.commit()
+    """Write the job's final ``status``, through a database outage of up to ``lease`` s."""
+
+    def write() -> bool:
+        with factory() as session:
+            if status == "succeeded":
+                changed = jobs.mark_succeeded(session, job_id, me, commit=False)
+            elif status == "canceled":
+                changed = jobs.mark_canceled(session, job_id, me, commit=False)
+            else:
+                changed = jobs.mark_failed(session, job_id, message, me, commit=False)
+            if changed:
+                close_job_evaluations(session, job_id, status, message)
+                jobs.add_log(session, job_id, message, "INFO" if status != "failed" else "ERROR")
+                if details:
+                    jobs.add_log(session, job_id, details, "ERROR")
+            session.commit()
+            return changed
+
+    changed = write_through_outage(factory, lease, f"job {job_id}: ending {status}", write)
+    if changed is None:
+        return {"job_id": job_id, "status": "database_unreachable"}
     log.info("job %s %s", job_id, status if changed else f"{status} (lease already lost)")
     return {"job_id": job_id, "status": status if changed else "lease_lost"}
 
@@ -436,8 +468,25 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
         log.exception("evaluation %s failed", evaluation_id)
     finally:
         keeper.stop()
-    with factory() as session:
-        evaluations.finish_evaluation(session, evaluation_id, me, **values)
+    return _end_evaluation(factory, evaluation_id, me, values, settings.lease_seconds)
+
+
+def _end_evaluation(
+    factory: sessionmaker[Session],
+    evaluation_id: str,
+    me: str,
+    values: dict[str, Any],
+    lease: float,
+) -> dict[str, Any]:
+    """Write the evaluation's result, through a database outage of up to ``lease`` s."""
+
+    def write() -> bool:
+        with factory() as session:
+            return evaluations.finish_evaluation(session, evaluation_id, me, **values)
+
+    what = f"evaluation {evaluation_id}: ending {values['status']}"
+    if write_through_outage(factory, lease, what, write) is None:
+        return {"evaluation_id": evaluation_id, "status": "database_unreachable"}
     return {"evaluation_id": evaluation_id, "status": values["status"]}
 
 
