@@ -36,8 +36,8 @@ def _no_nul(value: str | None) -> str | None:
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "choice": "string"}
 # The most eps one AutoAttack run takes: an evaluation's ``eps`` and a job's ``eval_eps``.
-MAX_EPS = 20
-MAX_ITEMS = {"eval_eps": MAX_EPS}  # list fields the catalog leaves unbounded
+MAX_EPS = catalog.MAX_EPS
+MAX_ITEMS = {n: p.max_items for n, p in catalog.TRAIN_PARAMS.items() if p.max_items is not None}
 
 
 def _train_param_field(param: catalog.Param) -> tuple[Any, Any]:

@@ -30,6 +30,7 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] = ()
     eps_scale: float | None = None  # default = eps_scale * dataset.eps
+    max_items: int | None = None  # float_list: the most values it takes
 
     def public(self) -> dict[str, Any]:
         """A JSON-able description, as the API's catalog serves it."""
@@ -42,6 +43,7 @@ class Param:
             "max": self.max,
             "choices": list(self.choices),
             "eps_scale": self.eps_scale,
+            "max_items": self.max_items,
         }
 
 
@@ -363,6 +365,7 @@ METHODS: dict[str, MethodCard] = {
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 NORMS = ("bn", "gn")
 EVAL_PRESETS = ("standard", "custom", "fast")
+MAX_EPS = 20  # the most eps one AutoAttack run takes (a job's eval_eps, an evaluation's eps)
 
 # Run-level settings shared by every method: name -> Param.
 TRAIN_PARAMS: dict[str, Param] = {
@@ -394,7 +397,13 @@ TRAIN_PARAMS: dict[str, Param] = {
         Param("burn_in_lr", "float", 0.1, "burn-in learning rate (step schedule)", 1e-6, 10.0),
         Param("eval_preset", "choice", "standard", "AutoAttack preset", choices=EVAL_PRESETS),
         Param(
-            "eval_eps", "float_list", None, "AutoAttack eps list (empty = no evaluation)", 0.0, 1.0
+            "eval_eps",
+            "float_list",
+            None,
+            "AutoAttack eps list (empty = no evaluation)",
+            0.0,
+            1.0,
+            max_items=MAX_EPS,
         ),
         Param(
             "eval_n", "int", 1000, "test images for AutoAttack (leaderboards use all)", 1, 100000
@@ -441,6 +450,8 @@ def check_value(param: Param, value: Any, where: str) -> tuple[Any, str | None]:
     if kind == "float_list":
         if not isinstance(value, (list, tuple)):
             return value, f"{where}: expected a list of numbers, got {value!r}"
+        if param.max_items is not None and len(value) > param.max_items:
+            return value, f"{where}: at most {param.max_items} values are allowed, got {len(value)}"
         out = []
         for i, item in enumerate(value):
             item, err = _check_number(param, item, f"{where}[{i}]", float)

@@ -4,8 +4,9 @@ Each hook opens a short session and commits, so the API (and its event
 stream) sees progress as it happens. A checkpoint row is written only in
 ``on_checkpoint``, which the trainer calls after the file's atomic rename: the
 size and sha256 are of the complete file; a file a killed worker never recorded
-is recorded when the job resumes (its card says its epoch and sha256). ``should_stop`` is called after every
-step, so it reads the cancel flag at most once per ``poll_seconds``.
+is recorded when the job resumes (its card says its epoch and sha256).
+``should_stop`` is called after every step, so it reads the cancel flag at most
+once per ``poll_seconds``.
 
 The job's own AutoAttack evaluation (its ``evaluate`` stage) is an evaluation
 row with no lease owner (the job's lease covers it); evaluations asked for later

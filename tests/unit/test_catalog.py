@@ -41,6 +41,11 @@ def test_validate_job_fills_every_default():
         ({"dataset": "imagenet"}, "dataset", "'imagenet' is not one of mnist10k"),
         ({"colour": "red"}, "colour", "unknown field 'colour'"),
         (
+            {"eval_eps": [0.01] * 21},
+            "eval_eps",
+            "eval_eps: at most 20 values are allowed, got 21",
+        ),
+        (
             {"dataset": "digits", "architecture": "wide_resnet_28_10"},
             "architecture",
             "architecture 'wide_resnet_28_10' needs images of at least 16x16; "
