@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -143,10 +145,37 @@ def _read(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _sha256(f: BinaryIO) -> str:
-    digest = hashlib.file_digest(f, "sha256").hexdigest()
-    f.seek(0)
-    return digest
+class DigestCache:
+    """sha256 of open files, remembered per file version.
+
+    Checkpoint files are never changed in place (a new one is renamed over the old),
+    so (device, inode, size, mtime) names one content: hashing the open file once
+    per version gives a checksum and ETag that are always those of the bytes
+    streamed, even while the trainer replaces the file and before its row is
+    updated.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size, self._known = size, OrderedDict[tuple[int, ...], str]()
+        self._lock = threading.Lock()
+
+    def sha256(self, f: BinaryIO) -> str:
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._known:
+                self._known.move_to_end(key)
+                return self._known[key]
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        f.seek(0)
+        with self._lock:
+            self._known[key] = digest
+            while len(self._known) > self.size:
+                self._known.popitem(last=False)
+        return digest
+
+
+DIGESTS = DigestCache()
 
 
 class FileStreamResponse(StreamingResponse):
@@ -181,7 +210,7 @@ def _response(
 ) -> Response:
     path, f = file
     size = os.fstat(f.fileno()).st_size
-    sha = checkpoint.sha256 if fmt == "safetensors" else _sha256(f)
+    sha = DIGESTS.sha256(f)  # of the bytes this answer streams, not the row's
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{sha}"',

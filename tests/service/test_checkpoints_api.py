@@ -77,6 +77,31 @@ def test_stale_if_range_sends_the_whole_file(client, checkpoint):
     assert response.status_code == 200 and len(response.content) == SIZE
 
 
+def test_a_file_replaced_before_its_row_is_sent_with_its_own_checksum(
+    client, checkpoint, settings
+):
+    """The trainer renames a new file over the old, then the worker updates the row.
+
+    In between, the row's sha256 is the old file's: the answer's checksum and ETag
+    are those of the bytes sent, so a resume with the old ETag gets the whole new
+    file instead of the old file's head joined to the new one's tail.
+    """
+    path = Path(settings.artifacts_dir) / checkpoint["job"]["id"] / "model-final.safetensors"
+    old_head = client().get(_url(checkpoint), headers={"Range": "bytes=0-999"}).content
+    fresh, new = path.with_suffix(".tmp"), os.urandom(SIZE)
+    fresh.write_bytes(new)
+    os.replace(fresh, path)  # the row still has the old size and sha256
+    new_sha = hashlib.sha256(new).hexdigest()
+    response = client().get(_url(checkpoint))
+    assert response.content == new
+    assert response.headers["x-checksum-sha256"] == new_sha
+    assert response.headers["etag"] == f'"{new_sha}"'
+    old_etag = f'"{checkpoint["sha"]}"'
+    rest = client().get(_url(checkpoint), headers={"Range": "bytes=1000-", "If-Range": old_etag})
+    assert rest.status_code == 200 and rest.content == new
+    assert old_head == checkpoint["data"][:1000]
+
+
 def test_download_card_has_its_own_checksum(client, checkpoint):
     response = client().get(_url(checkpoint, "card"))
     assert response.status_code == 200 and response.json() == {"architecture": "mlp"}
