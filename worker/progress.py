@@ -252,11 +252,3 @@ def _own_evaluation(session: Session, job_id: str) -> Evaluation | None:
         .where(Evaluation.lease_owner.is_(None))
         .order_by(Evaluation.created_at.desc())
     ).first()
-
-
-def close_job_evaluations(session: Session, job_id: str, status: str, message: str) -> None:
-    """End the job's own evaluation with the job (so event streams see the end)."""
-    evaluation = _own_evaluation(session, job_id)
-    if evaluation is not None and status != "succeeded":
-        evaluation.status, evaluation.finished_at = status, utcnow()
-        evaluation.error = message

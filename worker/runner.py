@@ -51,7 +51,7 @@ from db.models import Checkpoint, Evaluation, Job
 from db.session import make_engine, make_session_factory
 from db.settings import Settings, get_settings
 from worker.artifacts import ArtifactStore
-from worker.progress import DbCallback, LeaseLostError, close_job_evaluations
+from worker.progress import DbCallback, LeaseLostError
 
 log = logging.getLogger("worker")
 SHUTDOWN = threading.Event()  # set by a warm shutdown of this worker (worker.app)
@@ -429,8 +429,8 @@ def _end(
                 changed = jobs.mark_canceled(session, job_id, me, commit=False)
             else:
                 changed = jobs.mark_failed(session, job_id, message, me, commit=False)
-            if changed:
-                close_job_evaluations(session, job_id, status, message)
+            if changed and status != "succeeded":  # a success recorded its evaluation
+                jobs.close_own_evaluations(session, job_id, status, message)
                 jobs.add_log(session, job_id, message, "INFO" if status != "failed" else "ERROR")
                 if details:
                     jobs.add_log(session, job_id, details, "ERROR")
@@ -460,9 +460,14 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
         factory, evaluations.renew_evaluation_lease, evaluation_id, me, settings.lease_seconds
     )
     keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds)
+    from dyart.errors import StopRequested
+
     keeper.start()
     try:
-        values = {"status": "succeeded", **_autoattack(spec, settings)}
+        values = {"status": "succeeded", **_autoattack(spec, settings, keeper.lost.is_set)}
+    except StopRequested:  # the lease went to another worker: it writes the result
+        log.warning("evaluation %s: lease lost, stopped before the next attack", evaluation_id)
+        return {"evaluation_id": evaluation_id, "status": "lease_lost"}
     except Exception as exc:
         values = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         log.exception("evaluation %s failed", evaluation_id)
@@ -505,8 +510,13 @@ def _evaluation_spec(session: Session, evaluation_id: str, store: ArtifactStore)
     }
 
 
-def _autoattack(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Load the checkpoint and the test set, run AutoAttack; the row's new values."""
+def _autoattack(
+    spec: dict[str, Any], settings: Settings, lost: Callable[[], bool]
+) -> dict[str, Any]:
+    """Load the checkpoint and the test set, run AutoAttack; the row's new values.
+
+    ``lost`` is asked before each attack: once the lease is lost the evaluation stops
+    (StopRequested), so two workers never write the same progress files for long."""
     from dyart.checkpoint import load_model
     from dyart.config import TrainConfig
     from dyart.data import load_dataset
@@ -526,7 +536,7 @@ def _autoattack(spec: dict[str, Any], settings: Settings) -> dict[str, Any]:
     result = autoattack_eval(
         model, data.test_x[:n].to(device).float() / 255, data.test_y[:n].to(device),
         eps_list=spec["eps"], preset=spec["preset"], norm=spec["norm"],
-        state_dir=spec["state_dir"], seed=config.seed,
+        state_dir=spec["state_dir"], seed=config.seed, should_stop=lost,
     )  # fmt: skip
     full = n == len(data.test_x)
     return {

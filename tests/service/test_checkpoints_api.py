@@ -77,9 +77,7 @@ def test_stale_if_range_sends_the_whole_file(client, checkpoint):
     assert response.status_code == 200 and len(response.content) == SIZE
 
 
-def test_a_file_replaced_before_its_row_is_sent_with_its_own_checksum(
-    client, checkpoint, settings
-):
+def test_a_file_replaced_before_its_row_is_sent_with_its_own_checksum(client, checkpoint, settings):
     """The trainer renames a new file over the old, then the worker updates the row.
 
     In between, the row's sha256 is the old file's: the answer's checksum and ETag
