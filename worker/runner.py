@@ -302,7 +302,10 @@ def _train(
     from dyart.errors import DyartError, StopRequested
 
     store, lease = ArtifactStore(settings.artifacts_dir), settings.lease_seconds
-    callback = DbCallback(job_id, factory, store, keeper.lost, config_dict, shutdown=SHUTDOWN)
+    callback = DbCallback(
+        job_id, factory, store, keeper.lost, config_dict, shutdown=SHUTDOWN,
+        owner=me, lease_seconds=lease,
+    )  # fmt: skip
     try:
         trainer = _make_trainer(job_id, config_dict, settings, factory, store, callback)
         trainer.run()
@@ -429,8 +432,9 @@ def _end(
                 changed = jobs.mark_canceled(session, job_id, me, commit=False)
             else:
                 changed = jobs.mark_failed(session, job_id, message, me, commit=False)
-            if changed and status != "succeeded":  # a success recorded its evaluation
-                jobs.close_own_evaluations(session, job_id, status, message)
+            if changed:
+                if status != "succeeded":  # a success has recorded its evaluation
+                    jobs.close_own_evaluations(session, job_id, status, message)
                 jobs.add_log(session, job_id, message, "INFO" if status != "failed" else "ERROR")
                 if details:
                     jobs.add_log(session, job_id, details, "ERROR")
