@@ -142,6 +142,18 @@ def renew_lease(
     session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
 ) -> bool:
     """Heartbeat: extend this worker's lease; False if it is no longer the holder."""
+    held = hold_lease(session, job_id, worker_id, lease_seconds, now)
+    session.commit()
+    return held
+
+
+def hold_lease(
+    session: Session, job_id: str, worker_id: str, lease_seconds: float, now: datetime | None = None
+) -> bool:
+    """Extend this worker's lease inside the caller's transaction; False if it is not
+    the holder. Until the caller commits, the job's row is locked (Postgres) or the
+    database is (SQLite), so the writes that follow land only while the lease is held:
+    the sweep cannot requeue the job in between."""
     now = now or utcnow()
     result = session.execute(
         update(Job)
@@ -149,7 +161,6 @@ def renew_lease(
         .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     return result.rowcount == 1
 
 

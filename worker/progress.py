@@ -19,6 +19,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,8 @@ class DbCallback(Callback):
         config: dict[str, Any],
         poll_seconds: float = POLL_SECONDS,
         shutdown: threading.Event | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ):
         self.job_id, self.factory, self.store = job_id, factory, store
         self.lease_lost, self.config, self.poll_seconds = lease_lost, config, poll_seconds
@@ -57,8 +61,28 @@ class DbCallback(Callback):
         self.shutdown = shutdown or threading.Event()
         self.handing_over = False
         self._recovered = False
+        self.owner, self.lease_seconds = owner, lease_seconds
         self.position: tuple[str, int] | None = None  # (stage, epoch) being run, for errors
         self._epochs = 0
+
+    @contextmanager
+    def _held(self) -> Iterator[Session]:
+        """A session whose writes land only while this worker holds the job's lease.
+
+        With an ``owner``, the transaction begins by renewing the lease (a conditional
+        UPDATE that keeps the row locked until commit); if another worker holds the
+        job now, nothing is written and LeaseLostError stops the trainer.
+        """
+        if self.lease_lost.is_set():
+            raise LeaseLostError(f"job {self.job_id}: lease lost")
+        with self.factory() as session:
+            if self.owner is not None and not jobs.hold_lease(
+                session, self.job_id, self.owner, self.lease_seconds
+            ):
+                session.rollback()
+                self.lease_lost.set()
+                raise LeaseLostError(f"job {self.job_id}: lease lost")
+            yield session
 
     def _log(self, session: Session, message: str, level: str = "INFO") -> None:
         jobs.add_log(session, self.job_id, message, level)
@@ -69,7 +93,7 @@ class DbCallback(Callback):
         recover, self._recovered = not self._recovered, True  # once per attempt
         if recover:
             self._recover_checkpoints()
-        with self.factory() as session:
+        with self._held() as session:
             if recover:  # before the attempt's first row
                 self._recover_rows(session)
             jobs.set_progress(
@@ -144,13 +168,13 @@ class DbCallback(Callback):
 
     def on_step(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
         self.position = (stage, epoch)
-        with self.factory() as session:
+        with self._held() as session:
             jobs.set_progress(session, self.job_id, stage, epoch, step)
             session.commit()
 
     def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
         self.position = (stage, min(epoch + 1, self._epochs or epoch + 1))
-        with self.factory() as session:
+        with self._held() as session:
             metric = jobs.record_metric(session, self.job_id, stage, epoch, row)
             jobs.set_progress(session, self.job_id, stage, epoch, None)
             self._log(session, _epoch_line(metric, row))
@@ -169,7 +193,7 @@ class DbCallback(Callback):
             "sha256": file_sha256(path),
             "created_at": utcnow(),
         }
-        with self.factory() as session:
+        with self._held() as session:
             row = session.scalars(
                 select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.kind == kind)
             ).first()
@@ -203,7 +227,7 @@ class DbCallback(Callback):
         )
 
     def on_evaluation(self, result: dict[str, Any]) -> None:
-        with self.factory() as session:
+        with self._held() as session:
             evaluation = _own_evaluation(session, self.job_id)
             if evaluation is None:
                 return

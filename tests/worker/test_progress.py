@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from db import jobs
 from db.models import Checkpoint, Job, JobLog, JobMetric
@@ -105,6 +105,26 @@ def test_a_file_newer_than_its_row_brings_the_row_up_to_date_on_resume(callback,
         f"{best.stat().st_size} bytes); a worker had stopped before recording it"
     )
     assert lines[3:] == ["resumed train from the checkpoint at epoch 3"]
+
+
+def test_writes_land_only_while_the_worker_holds_the_lease(callback, session_factory):
+    """A worker whose job went to another writes no row: its write begins by holding the lease."""
+    with session_factory() as session:
+        assert jobs.claim_job(session, callback.job_id, "w1", 60)
+        session.commit()
+    callback.owner, callback.lease_seconds = "w1", 60
+    row = {"stage": "train", "epoch": 1, "train_loss": 0.5, "seconds": 1.0}
+    callback.on_epoch_end("train", 1, row)  # w1 holds the lease: written
+    with session_factory() as session:  # the sweep gave the job to w2
+        session.execute(update(Job).where(Job.id == callback.job_id).values(lease_owner="w2"))
+        session.commit()
+    with pytest.raises(LeaseLostError, match="lease lost"):
+        callback.on_epoch_end("train", 2, {**row, "epoch": 2})
+    assert callback.lease_lost.is_set()
+    with session_factory() as session:
+        epochs = session.scalars(select(JobMetric.epoch).where(JobMetric.job_id == callback.job_id))
+        assert list(epochs) == [1]
+        assert session.get(Job, callback.job_id).lease_owner == "w2"
 
 
 def test_should_stop_follows_cancel_and_lost_lease(callback, session_factory):
