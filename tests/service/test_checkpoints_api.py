@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -188,6 +189,13 @@ def test_head_follows_the_download_rules_for_tokens_and_owners(client, checkpoin
     assert client(headers={}).head(_url(checkpoint)).status_code == 401
 
 
+def _in_own_loop(func, *args):
+    """``anyio.run(func, *args)`` on a thread of its own: the suite's browser tests
+    leave an event loop running on the main thread (Playwright's sync API)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, func, *args).result()
+
+
 async def _download_asgi(app, url, token, on_start=None, abort=False):
     """GET ``url`` through the app's ASGI interface, as uvicorn calls it: (headers, body).
 
@@ -255,7 +263,7 @@ def test_download_streams_the_file_it_measured_while_the_trainer_replaces_it(
         fresh.write_bytes(os.urandom(1000))
         os.replace(fresh, path)
 
-    headers, body = anyio.run(_download_asgi, app, _url(checkpoint), alice[1], replace)
+    headers, body = _in_own_loop(_download_asgi, app, _url(checkpoint), alice[1], replace)
     assert headers["content-length"] == str(len(body)) == str(SIZE)
     assert body == checkpoint["data"]
     assert _open_fds_on(path) == 0
@@ -263,6 +271,6 @@ def test_download_streams_the_file_it_measured_while_the_trainer_replaces_it(
 
 def test_aborted_download_closes_its_file(app, alice, checkpoint, settings):
     path = Path(settings.artifacts_dir) / checkpoint["job"]["id"] / "model-final.safetensors"
-    headers, body = anyio.run(_download_asgi, app, _url(checkpoint), alice[1], None, True)
+    headers, body = _in_own_loop(_download_asgi, app, _url(checkpoint), alice[1], None, True)
     assert headers["content-length"] == str(SIZE) and 0 < len(body) < SIZE
     assert _open_fds_on(path) == 0
