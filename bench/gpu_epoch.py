@@ -5,10 +5,11 @@ reaches. The step is the trainer's (method loss under bf16 autocast, backward,
 gradient clipping, SGD-Nesterov, EMA update) with the ``cifar10_bn`` recipe's model,
 batch size and DyART settings (20 boundary-search iterations); the data are random
 uint8 CIFAR-shaped images on the device, cropped and flipped there by the
-trainer's loader. Their labels are the untrained model's own predictions (in train
-mode, as the step sees them, with the last layer scaled x50 for clear margins), so
-nearly every point is correctly classified and the boundary search runs on nearly the
-whole batch: the costly case, as late in training. The table gives the share of
+trainer's loader. Their labels are the untrained model's own predictions (in eval
+mode, as the boundary search decides which points are correct, with BatchNorm
+statistics first set from these images and the last layer scaled x50 for clear
+margins), so nearly every point is correctly classified and the boundary search runs
+on nearly the whole batch: the costly case, as late in training. The table gives the share of
 points the search ran on.
 
 FLOPs are counted, not estimated: ``torch.utils.flop_counter.FlopCounterMode`` over
@@ -141,9 +142,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 @torch.no_grad()
 def own_predictions(model: nn.Module, x_all: torch.Tensor, batch: int) -> torch.Tensor:
-    """The model's predicted class of every image, in train mode as the step sees it."""
+    """The model's predicted class of every image, in eval mode as the boundary search
+    sees it, after BatchNorm's running statistics are set to those of these images."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
     model.train()
+    for x in x_all.split(batch):
+        model(x.float() / 255)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
     labels = [model(x.float() / 255).argmax(1) for x in x_all.split(batch)]
+    model.train()
     return torch.cat(labels)
 
 
