@@ -203,6 +203,8 @@ def _resolve_pair(path: Path) -> tuple[Path, dict[str, Any]]:
         card = read_card(path)
         weights = path.parent / card.get("weights", path.with_suffix(".safetensors").name)
     else:
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint: {path} does not exist")
         card = read_card(path.with_suffix(".json"))
         weights = path
     if weights.name != Path(weights.name).name or not weights.is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -191,6 +192,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dyart.evaluate import autoattack_eval
     from dyart.train import resolve_device
 
+    if args.batch_size < 1:
+        raise ConfigError("batch-size", f"expected at least 1 image, got {args.batch_size}")
+    if args.output:
+        _check_writable(Path(args.output))
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     path = Path(args.checkpoint)
@@ -215,10 +220,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result.update(checkpoint=str(path), dataset=dataset)
     result["leaderboard_grade"] = args.preset == "standard" and n == len(data.test_x)
     text = json.dumps(result, indent=2)
+    print(text)  # first: the results are on screen whatever happens to the file
     if args.output:
         Path(args.output).write_text(text + "\n")
-    print(text)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse, before an evaluation that may take hours, an --output it cannot write."""
+    if path.is_dir():
+        raise ConfigError("output", f"{path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError("output", f"folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError("output", f"folder {path.parent} is not writable")
 
 
 class _InterruptStop(Callback):

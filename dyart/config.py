@@ -73,7 +73,13 @@ class TrainConfig:
             spec = json.loads(text)
         if not isinstance(spec, dict):
             raise ConfigError("config", f"{path} must hold a mapping of settings")
-        hparams = {**spec.get("hparams", {}), **overrides.pop("hparams", {})}
+        theirs = spec.get("hparams") or {}
+        if not isinstance(theirs, dict):
+            raise ConfigError(
+                "hparams",
+                f"{path}: hparams must be a mapping of name: value, got {type(theirs).__name__}",
+            )
+        hparams = {**theirs, **overrides.pop("hparams", {})}
         return cls.from_dict({**spec, **overrides, "hparams": hparams})
 
     def validate(self) -> None:

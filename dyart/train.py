@@ -563,7 +563,12 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", f"{device!r} asked for, but CUDA is not available here")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(
+            "device", f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto"
+        ) from exc
 
 
 def _saves_best(run: StageRun) -> bool:

@@ -41,7 +41,17 @@ def _error_line(capsys) -> str:
         (["train", "--config", "/nonexistent.yaml"], "error: config: config file"),
         (["train", *TINY, "--epochs", "many"], "error: --epochs: invalid int value: 'many'"),
         (["train", *TINY, "--schedule", "linear"], "error: --schedule: invalid choice"),
-        (["eval", "/nonexistent/model.safetensors"], "error: checkpoint: model card"),
+        (
+            ["eval", "/nonexistent/model.safetensors"],
+            "error: checkpoint: /nonexistent/model.safetensors does not exist",
+        ),
+        (["train", *TINY, "--device", "gpu0"], "error: device: 'gpu0' is not a device"),
+        (["eval", "m.safetensors", "--device", "gpu0"], "error: device: 'gpu0' is not a device"),
+        (["eval", "m.safetensors", "--batch-size", "0"], "error: batch-size: expected at least 1"),
+        (
+            ["eval", "m.safetensors", "--output", "/nonexistent/r.json"],
+            "error: output: folder /nonexistent does not exist",
+        ),
     ],
 )
 def test_bad_input_prints_one_line_naming_the_field_and_exits_2(argv, expected, capsys):
@@ -63,6 +73,19 @@ def test_a_config_file_that_is_not_yaml_is_named(tmp_path, capsys):
     bad.write_text("dataset: [unclosed\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert _error_line(capsys).startswith(f"error: config: cannot read {bad}")
+
+
+@pytest.mark.parametrize("hparams", ["hparams:\n", "hparams: [1, 2]\n"])
+def test_a_config_file_whose_hparams_are_not_a_mapping_is_named(tmp_path, capsys, hparams):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: synthetic\n" + hparams)
+    assert main(["train", "--config", str(bad)]) == 2
+    line = _error_line(capsys)
+    if hparams == "hparams:\n":  # empty: no hyperparameters; the fields missing are named
+        assert line.startswith("error: architecture: None is not one of mlp")
+        assert "; method: None is not one of clean" in line
+    else:
+        assert line.startswith(f"error: hparams: {bad}: hparams must be a mapping")
 
 
 def test_every_bundled_recipe_is_a_valid_config():
