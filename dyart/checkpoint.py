@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ CARD_FORMAT = "dyart-model-card/1"
 def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically ``torch.save`` a training state of plain containers and tensors."""
     return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def keep_copy(path: str | Path, copy: str | Path) -> Path:
+    """Make ``copy`` a second name of ``path``'s current file (a hard link, renamed into
+    place), so a later atomic write of ``path`` leaves the old content at ``copy``."""
+    path, copy = Path(path), Path(copy)
+    temporary = copy.with_name(f".{copy.name}.link")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(path, temporary)
+    except OSError:  # a filesystem without hard links: copy the bytes
+        shutil.copyfile(path, temporary)
+    os.replace(temporary, copy)
+    return copy
 
 
 def load_training_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

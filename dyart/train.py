@@ -129,6 +129,8 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         self.init_from = None if init_from is None else Path(init_from)
         self.state_path = self.out_dir / "state" / "latest.pt"
+        self.fallback: str | None = None  # why the run resumed from the state before
+        self._fallback_told = False
         self.done: list[str] = []
         self.data: Any = None
         self.threads_began = 0  # torch threads recorded in the state resumed from
@@ -207,7 +209,8 @@ class Trainer:
             {"epochs": run.epochs, "steps_per_epoch": len(run.loader),
              "start_epoch": run.epoch, "resumed": state is not None,
              "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-             "threads_began": self.threads_began or None},
+             "threads_began": self.threads_began or None,
+             "fallback": self._fallback_note()},
         )  # fmt: skip
         while run.epoch < run.epochs:
             self._train_epoch(run)
@@ -335,7 +338,10 @@ class Trainer:
             self._append_row(run.row)
 
     def _append_row(self, row: dict[str, Any]) -> None:
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
+        path = self.out_dir / "metrics.jsonl"
+        if self.fallback and (row["stage"], row["epoch"]) in _rows_written(path):
+            return  # an epoch done again after a fallback to the state before
+        with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -449,12 +455,33 @@ class Trainer:
             "threads": torch.get_num_threads(),
             "run": None if run is None else {**run.state_dict(), "rng": checkpoint.capture_rng()},
         }
+        if self.state_path.is_file():  # the state before stays as a fallback
+            checkpoint.keep_copy(self.state_path, self.previous_state_path)
         checkpoint.save_training_state(self.state_path, state)
 
+    def _fallback_note(self) -> str | None:
+        """Why this run resumed from the state before the latest: once, then None."""
+        note, self._fallback_told = None if self._fallback_told else self.fallback, True
+        return note
+
+    @property
+    def previous_state_path(self) -> Path:
+        return self.state_path.with_name("previous.pt")
+
     def _load_latest(self) -> dict[str, Any] | None:
-        if not self.state_path.is_file():
+        if not self.state_path.is_file() and not self.previous_state_path.is_file():
             return None
-        state = checkpoint.load_training_state(self.state_path)  # CPU: RNG states must stay there
+        try:  # on CPU: the RNG states must stay there
+            state = checkpoint.load_training_state(self.state_path)
+        except CheckpointError as exc:
+            if not self.previous_state_path.is_file():
+                raise
+            self.fallback = (
+                f"{exc}; resumed from the state saved before it, "
+                f"{self.previous_state_path} (the work since is done again)"
+            )
+            log.warning("%s", self.fallback)
+            state = checkpoint.load_training_state(self.previous_state_path)
         saved = json.loads(state["config"])
         changed = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
         if changed:

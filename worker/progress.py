@@ -96,6 +96,8 @@ class DbCallback(Callback):
         with self._held() as session:
             if recover:  # before the attempt's first row
                 self._recover_rows(session)
+            if info.get("fallback"):
+                self._log(session, str(info["fallback"]), "WARNING")
             jobs.set_progress(
                 session, self.job_id, stage, start + 1 if stage != "evaluate" else 0, 0
             )

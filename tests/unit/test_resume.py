@@ -258,3 +258,34 @@ def test_a_kill_after_an_epochs_state_is_saved_loses_no_model_file_or_row(tmp_pa
     assert _rows(crashed) == _rows(straight)
     for name in ("model-best.safetensors", "model-latest.safetensors"):
         assert (crashed / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+class RecordStageStarts(Callback):
+    def __init__(self):
+        self.starts = []
+
+    def on_stage_start(self, stage, info):
+        self.starts.append((stage, info))
+
+
+def test_an_unreadable_state_falls_back_to_the_one_before(uninterrupted, tmp_path, caplog):
+    """A latest.pt the disk spoiled costs the work since the state before, not the run."""
+    config = _config()
+    for stop in (StopAfter("burn_in", 2), StopAfter("train", 1)):
+        with pytest.raises(StopRequested):
+            Trainer(config, tmp_path, device="cpu", callbacks=[stop]).run(STAGES)
+    latest = tmp_path / "state" / "latest.pt"
+    assert (tmp_path / "state" / "previous.pt").is_file()
+    latest.write_bytes(latest.read_bytes()[:1000])  # cut short
+    record = RecordStageStarts()
+    end = StopAfter("train", config.epochs)
+    with caplog.at_level(logging.WARNING, logger="dyart"), pytest.raises(StopRequested):
+        Trainer(config, tmp_path, device="cpu", callbacks=[record, end]).run(STAGES)
+    assert "resumed from the state saved before it" in caplog.text
+    [(stage, note)] = [(stage, info["fallback"]) for stage, info in record.starts]
+    assert stage == "train" and note.startswith(f"checkpoint: {latest} is not a readable")
+    resumed = torch.load(latest, weights_only=True)
+    for key in ("model", "ema", "optimizer", "schedule", "loader", "rng"):
+        _assert_identical(uninterrupted["run"][key], resumed["run"][key], key)
+    rows = [row[:2] for row in _rows(tmp_path)]
+    assert len(rows) == len(set(rows))  # the epoch done again is not written twice

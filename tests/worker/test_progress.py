@@ -63,6 +63,15 @@ def test_resume_on_fewer_threads_than_the_run_began_on_is_a_warning(callback, se
     assert rows[2:] == [("INFO", "resumed train from the checkpoint at epoch 2")]
 
 
+def test_a_resume_from_the_state_before_the_latest_is_a_warning(callback, session_factory):
+    note = "checkpoint: latest.pt is not a readable training state (...); resumed from ..."
+    callback.on_stage_start("train", {"start_epoch": 0, "epochs": 2, "fallback": note})
+    with session_factory() as session:
+        query = select(JobLog.level, JobLog.message).where(JobLog.job_id == callback.job_id)
+        rows = [tuple(r) for r in session.execute(query.order_by(JobLog.id))]
+    assert rows[0] == ("WARNING", note)
+
+
 def test_checkpoint_row_is_replaced_by_a_newer_file_of_its_kind(callback, session_factory):
     folder = callback.store.job_dir(callback.job_id)
     weights = folder / "model-latest.safetensors"
