@@ -39,6 +39,16 @@ def resolved(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
+def job_id(session_factory, make_user) -> str:
+    """A queued tiny job of a user "owner" (no task sent), with two attempts; its id."""
+    owner, _ = make_user("owner")
+    with session_factory() as session:
+        job = jobs.create_job(session, owner, resolved(TINY_JOB), name="t", max_attempts=2)
+        session.commit()
+        return job.id
+
+
+@pytest.fixture
 def sender(settings):
     """A Celery client that sends tasks by name, like the API's."""
     app = Celery("test-sender", broker=settings.broker_url, set_as_current=False)

@@ -19,17 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import jobs
 from db.models import Evaluation, Job, JobLog, utcnow
-from tests.worker.conftest import TINY_JOB, resolved
 from worker import runner
-
-
-@pytest.fixture
-def job_id(session_factory, make_user):
-    owner, _ = make_user("owner")
-    with session_factory() as session:
-        job = jobs.create_job(session, owner, resolved(TINY_JOB), name="t", max_attempts=2)
-        session.commit()
-        return job.id
 
 
 def _claim(session_factory, job_id, worker, now=None):

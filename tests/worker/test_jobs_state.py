@@ -10,16 +10,6 @@ from sqlalchemy import func, select, update
 
 from db import jobs
 from db.models import Job, JobLog, JobMetric, utcnow
-from tests.worker.conftest import TINY_JOB, resolved
-
-
-@pytest.fixture
-def job_id(session_factory, make_user):
-    owner, _ = make_user("owner")
-    with session_factory() as session:
-        job = jobs.create_job(session, owner, resolved(TINY_JOB), name="t", max_attempts=2)
-        session.commit()
-        return job.id
 
 
 def _claim(session_factory, job_id, worker, now=None, lease=30.0):

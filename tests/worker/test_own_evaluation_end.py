@@ -6,20 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from db import jobs
 from db.models import Evaluation, Job, utcnow
-from tests.worker.conftest import TINY_JOB, resolved
-
-
-@pytest.fixture
-def job_id(session_factory, make_user):
-    owner, _ = make_user("owner")
-    with session_factory() as session:
-        job = jobs.create_job(session, owner, resolved(TINY_JOB), name="t", max_attempts=2)
-        session.commit()
-        return job.id
 
 
 def _claim(session_factory, job_id, worker, now):
