@@ -11,7 +11,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from db import jobs
-from db.models import Job, JobLog, JobMetric
+from db.models import Evaluation, Job, JobLog, JobMetric
 
 # A job small enough for a test: digits + an MLP, 1 burn-in epoch, a few DyART epochs.
 TINY_JOB = {
@@ -106,6 +106,15 @@ def log_lines(session_factory, job_id: str) -> list[str]:
     with session_factory() as session:
         query = select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
         return list(session.scalars(query))
+
+
+def add_own_evaluation(session_factory, job_id: str) -> str:
+    """A running evaluation of the job's evaluate stage (no lease owner of its own); its id."""
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, status="running", preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        return row.id
 
 
 def metric_keys(session_factory, job_id: str) -> list[tuple[str, int]]:

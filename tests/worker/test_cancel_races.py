@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, update
 from sqlalchemy.exc import OperationalError
 
 from db import jobs
-from db.models import Evaluation, Job, JobLog, utcnow
+from db.models import Evaluation, Job, utcnow
+from tests.worker.conftest import add_own_evaluation, log_lines
 from worker import runner
 
 
@@ -36,21 +37,6 @@ def _cancel(session_factory, job_id) -> None:
     with session_factory() as session:
         jobs.request_cancel(session, session.get(Job, job_id))
         session.commit()
-
-
-def _log(session_factory, job_id) -> list[str]:
-    with session_factory() as session:
-        query = select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
-        return list(session.scalars(query))
-
-
-def _own_evaluation(session_factory, job_id) -> int:
-    """A running evaluation of the job's evaluate stage (no lease owner of its own)."""
-    with session_factory() as session:
-        row = Evaluation(job_id=job_id, status="running", preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        return row.id
 
 
 def _evaluation(session_factory, evaluation_id) -> tuple[str, str | None]:
@@ -124,14 +110,14 @@ def test_a_hand_over_with_a_cancel_pending_ends_canceled_not_queued(session_fact
     """SIGTERM after the user canceled, before the worker read the flag: the
     hand-over ends the job canceled (no worker would ever claim it queued)."""
     assert _claim(session_factory, job_id, "w")
-    evaluation = _own_evaluation(session_factory, job_id)
+    evaluation = add_own_evaluation(session_factory, job_id)
     _cancel(session_factory, job_id)
     result = runner._hand_over(session_factory, job_id, "w")
     assert result == {"job_id": job_id, "status": "canceled"}
     job = _job(session_factory, job_id)
     assert (job.status, job.lease_owner, job.attempts) == ("canceled", None, 0)
     assert job.finished_at is not None
-    assert _log(session_factory, job_id)[-1] == (
+    assert log_lines(session_factory, job_id)[-1] == (
         "canceled: worker shutting down, with a cancel pending; "
         "its latest checkpoint is kept: resume the job to continue from it"
     )
@@ -150,7 +136,7 @@ def test_a_hand_over_after_the_database_came_back_honours_a_pending_cancel(
     result = runner._database_lost(session_factory, job_id, "w", lost, settings)
     assert result == {"job_id": job_id, "status": "canceled"}
     assert _job(session_factory, job_id).status == "canceled"
-    assert _log(session_factory, job_id)[-1] == (
+    assert log_lines(session_factory, job_id)[-1] == (
         "canceled: database connection lost during training (OperationalError), with a "
         "cancel pending; its latest checkpoint is kept: resume the job to continue from it"
     )
@@ -174,7 +160,7 @@ def test_a_queued_job_with_a_cancel_pending_ends_canceled_at_its_claim(session_f
     assert not _claim(session_factory, job_id, "w")
     job = _job(session_factory, job_id)
     assert (job.status, job.lease_owner) == ("canceled", None) and job.finished_at
-    assert _log(session_factory, job_id)[-1].startswith(
+    assert log_lines(session_factory, job_id)[-1].startswith(
         "canceled: the cancel was asked before the job went back to the queue"
     )
 
@@ -202,7 +188,7 @@ def test_a_cancel_landing_during_the_sweeps_requeue_is_not_lost(session_factory,
     UPDATE: the job is not queued with the flag set, and the next sweep cancels it."""
     start = utcnow()
     assert _claim(session_factory, job_id, "w", now=start)
-    evaluation = _own_evaluation(session_factory, job_id)
+    evaluation = add_own_evaluation(session_factory, job_id)
     later = start + timedelta(seconds=61)
     with before_first_job_update(session_factory, lambda: _cancel(session_factory, job_id)):
         with session_factory() as session:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from db import jobs
 from db.models import Evaluation, Job, utcnow
+from tests.worker.conftest import add_own_evaluation
 
 
 def _claim(session_factory, job_id, worker, now):
@@ -31,15 +32,6 @@ def _status(session_factory, job_id) -> str:
         return session.get(Job, job_id).status
 
 
-def _own_evaluation(session_factory, job_id) -> int:
-    """A running evaluation of the job's evaluate stage."""
-    with session_factory() as session:
-        row = Evaluation(job_id=job_id, status="running", preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        return row.id
-
-
 def _evaluation(session_factory, evaluation_id) -> tuple[str, str | None, bool]:
     with session_factory() as session:
         row = session.get(Evaluation, evaluation_id)
@@ -49,7 +41,7 @@ def _evaluation(session_factory, evaluation_id) -> tuple[str, str | None, bool]:
 def test_the_sweep_ends_the_jobs_own_evaluation_when_it_gives_up(session_factory, job_id):
     start = utcnow()
     assert _claim(session_factory, job_id, "w1", start)
-    evaluation = _own_evaluation(session_factory, job_id)
+    evaluation = add_own_evaluation(session_factory, job_id)
     assert _sweep(session_factory, start + timedelta(seconds=61)) == [job_id]
     assert _evaluation(session_factory, evaluation)[0] == "running"  # resumes with the job
     later = start + timedelta(seconds=100)
@@ -63,7 +55,7 @@ def test_the_sweep_ends_the_jobs_own_evaluation_when_it_gives_up(session_factory
 def test_the_sweep_ends_the_jobs_own_evaluation_when_it_cancels(session_factory, job_id):
     start = utcnow()
     assert _claim(session_factory, job_id, "w", start)
-    evaluation = _own_evaluation(session_factory, job_id)
+    evaluation = add_own_evaluation(session_factory, job_id)
     _cancel(session_factory, job_id)
     assert _sweep(session_factory, start + timedelta(seconds=61)) == []
     assert _status(session_factory, job_id) == "canceled"
@@ -76,7 +68,7 @@ def test_cancel_of_a_job_requeued_during_its_evaluation_ends_the_evaluation(
 ):
     start = utcnow()
     assert _claim(session_factory, job_id, "w", start)
-    evaluation = _own_evaluation(session_factory, job_id)
+    evaluation = add_own_evaluation(session_factory, job_id)
     assert _sweep(session_factory, start + timedelta(seconds=61)) == [job_id]
     _cancel(session_factory, job_id)  # queued: it ends at once
     assert _status(session_factory, job_id) == "canceled"
