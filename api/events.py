@@ -7,7 +7,8 @@ changed since the last look (about twice a second) and emits it:
 * ``metric``     each new per-epoch metrics row,
 * ``log``        each new log line,
 * ``evaluation`` an evaluation, whenever it changes,
-* ``end``        once the job is final and no evaluation of it is pending,
+* ``end``        once the job is final, no evaluation of it is pending and every
+  log line has been sent (a long log goes out 1000 lines a poll),
 * ``unavailable`` once when the database stops answering; the stream stays open,
   keeps polling, and carries on from where it was when the database is back
   (the next ``job`` event says it is).
@@ -41,6 +42,7 @@ KEEPALIVE_SECONDS = 15.0
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
 _MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
+LOG_BATCH = 1000  # log rows per poll; a longer backlog goes out over the next polls
 UNAVAILABLE = (
     "database unavailable: the service cannot reach its database right now; "
     "live updates resume when it answers"
@@ -75,11 +77,14 @@ class Snapshot:
     metrics: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     logs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    more_logs: bool = False  # log rows past this poll's batch wait for the next one
 
     @property
     def finished(self) -> bool:
         if self.job is None:
             return True
+        if self.more_logs:  # a final job's stream ends with its last log line, not before
+            return False
         pending = any(e["status"] in PENDING_EVALUATION for e in self.evaluations)
         return self.job["status"] in FINAL and not pending
 
@@ -102,13 +107,14 @@ def take_snapshot(session_factory: Any, job_id: str, cursor: Cursor) -> Snapshot
             select(JobLog)
             .where(JobLog.job_id == job_id, JobLog.id > cursor.log)
             .order_by(JobLog.id)
-            .limit(1000)
-        )
+            .limit(LOG_BATCH)
+        ).all()
         return Snapshot(
             job=job_public(session, job).model_dump(mode="json"),
             metrics=[(m.id, metric_public(m).model_dump(mode="json")) for m in metrics],
             logs=[(r.id, log_line(r).model_dump(mode="json")) for r in logs],
             evaluations=[e.model_dump(mode="json") for e in job_evaluations(session, job)],
+            more_logs=len(logs) == LOG_BATCH,
         )
 
 
@@ -186,4 +192,4 @@ class JobEventStream:
             if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
                 quiet_since = time.monotonic()
                 yield ": keep-alive\n\n"
-            await anyio.sleep(poll_seconds)
+            await anyio.sleep(0 if snap.more_logs else poll_seconds)
