@@ -1,6 +1,7 @@
 // #/jobs/<id>: live progress over SSE, charts, AutoAttack results, log, controls, downloads.
 import { api, download, follow } from "./api.js";
-import { badge, duration, h, pct, progressBar, say } from "./dom.js";
+import { badge, batched, duration, h, pct, progressBar, say } from "./dom.js";
+import { logPane } from "./logpane.js";
 import { evalNote, evalTable, metricCharts, robustVsEps } from "./results.js";
 
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
@@ -49,23 +50,25 @@ export async function detailPage(main, { parts }) {
   const id = parts[1];
   let job = await api(`/jobs/${id}`);
   let rows = (await api(`/jobs/${id}/metrics`)).items;
-  const log = (await api(`/jobs/${id}/log?tail=200`)).lines;
+  const log = logPane(); // filled by the event stream, which starts with the log's first line
   const parts$ = {
     summary: h("section", { id: "summary", "aria-live": "polite" }),
     controls: h("div", { class: "buttons" }),
     charts: h("section", { id: "charts", "aria-label": "Training curves" }),
     evals: h("section", { id: "evaluations", "aria-label": "AutoAttack evaluations" }),
     checkpoints: h("ul", { id: "checkpoints" }),
-    log: h("pre", { id: "log", tabindex: "0", "aria-label": "log tail" }),
   };
   const title = h("h1", {}, job.name || job.id);
   main.append(title, parts$.summary, parts$.controls, config(job), h("h2", {}, "Training curves"), parts$.charts,
     h("h2", {}, "AutoAttack"), parts$.evals, h("h2", {}, "Checkpoints"), parts$.checkpoints,
-    h("h2", {}, "Log"), parts$.log);
+    h("h2", {}, "Log"), log.node);
 
   const act = (verb) => async () => {
-    try { job = await api(`/jobs/${id}/${verb}`, { method: "POST" }); say(`Job ${verb} requested.`); drawJob(); }
-    catch (error) { say(error.message); }
+    try {
+      job = await api(`/jobs/${id}/${verb}`, { method: "POST" });
+      say(`Job ${verb} requested.`);
+      drawJob();
+    } catch (error) { say(error.message); }
   };
   function drawJob() {
     parts$.summary.replaceChildren(summary(job));
@@ -74,7 +77,8 @@ export async function detailPage(main, { parts }) {
       h("button", { type: "button", id: "resume", class: "secondary", disabled: !["failed", "canceled"].includes(job.status), onclick: act("resume") }, "Resume"),
       h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
   }
-  const drawCharts = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
+  const chartsNow = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
+  const drawCharts = batched(chartsNow);
   async function drawEvals() {
     const evs = (await api(`/jobs/${id}/evaluations`)).items;
     parts$.evals.replaceChildren(...(evs.length ? [robustVsEps([{ label: job.name, evaluations: evs }]),
@@ -84,9 +88,14 @@ export async function detailPage(main, { parts }) {
     const cks = (await api(`/jobs/${id}/checkpoints`)).items;
     parts$.checkpoints.replaceChildren(...(cks.length ? cks.map(checkpointRow) : [h("li", { class: "muted" }, "No checkpoint yet.")]));
   }
-  const lines = log.map((l) => `${l.ts ?? ""} ${l.level ?? ""} ${l.message}`);
-  const drawLog = () => { parts$.log.textContent = lines.slice(-200).join("\n"); parts$.log.scrollTop = 1e9; };
-  drawJob(); drawCharts(); drawLog();
+  const refreshCheckpoints = batched(() => drawCheckpoints().catch(() => {}), 250);
+  const refreshEvals = batched(() => drawEvals().catch(() => {}), 250);
+  function addRow(row) { // the stream replays rows already loaded: one row per stage and epoch
+    rows = [...rows.filter((r) => r.stage !== row.stage || r.epoch !== row.epoch), row];
+    drawCharts();
+    refreshCheckpoints();
+  }
+  drawJob(); chartsNow();
   await Promise.all([drawEvals(), drawCheckpoints()]);
 
   let paused = false; // the stream said the database is unreachable
@@ -94,10 +103,10 @@ export async function detailPage(main, { parts }) {
     if (type === "unavailable") { paused = true; say(data.detail); return; }
     if (paused) { paused = false; say("Live updates resumed."); }
     if (type === "job") { job = data; drawJob(); }
-    else if (type === "metric") { rows = [...rows, data]; drawCharts(); drawCheckpoints().catch(() => {}); }
-    else if (type === "log") { lines.push(typeof data === "string" ? data : `${data.ts ?? ""} ${data.level ?? ""} ${data.message}`); drawLog(); }
-    else if (type === "evaluation") drawEvals().catch(() => {});
-    else if (type === "end") { drawEvals().catch(() => {}); drawCheckpoints().catch(() => {}); say(`Job ${job.status}.`); }
+    else if (type === "metric") addRow(data);
+    else if (type === "log") log.add(data);
+    else if (type === "evaluation") refreshEvals();
+    else if (type === "end") { refreshEvals(); refreshCheckpoints(); say(`Job ${job.status}.`); }
   });
-  return stop;
+  return () => { stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel()); };
 }

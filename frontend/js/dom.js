@@ -51,3 +51,13 @@ export function say(message, page = location.hash) {
 export function clearStaleNotice() {
   if (noticePage !== null && noticePage !== location.hash) say("");
 }
+
+/** fn, run once `ms` after the first of a burst of calls (a stream's replay draws once). */
+export function batched(fn, ms = 50) {
+  let timer = null;
+  const call = () => {
+    if (timer === null) timer = setTimeout(() => { timer = null; fn(); }, ms);
+  };
+  call.cancel = () => { clearTimeout(timer); timer = null; };
+  return call;
+}

@@ -99,3 +99,37 @@ def screenshots() -> Path:
     folder = Path(os.environ.get("DYART_TEST_ARTIFACTS", "test-artifacts")) / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture
+def signed_in(open_page, live_server):
+    """``signed_in(width, height)`` -> (page, PageProblems) of a browser that holds
+    ``live_server``'s token, so every page opens signed in."""
+    token = live_server.headers["Authorization"].removeprefix("Bearer ")
+
+    def make(width: int = 1280, height: int = 900):
+        page, problems = open_page(width, height)
+        page.add_init_script(f"localStorage.setItem('dyart.token', {token!r})")
+        return page, problems
+
+    return make
+
+
+@pytest.fixture
+def submit_job(live_server):
+    """``submit_job(**fields)`` -> the job (JSON) the API created: a small digits job,
+    queued for good unless the test starts a worker."""
+    import httpx
+
+    def submit(**fields) -> dict:
+        body = {"dataset": "digits", "architecture": "mlp", "method": "dyart", **fields}
+        body.setdefault("burn_in_epochs", 1)
+        body.setdefault("epochs", 3)
+        body.setdefault("eval_preset", "fast")
+        created = httpx.post(
+            f"{live_server.url}/api/v1/jobs", json=body, headers=live_server.headers
+        )
+        assert created.status_code == 201, created.text
+        return created.json()
+
+    return submit

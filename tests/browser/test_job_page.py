@@ -1,0 +1,75 @@
+"""The job page (#/jobs/<id>) in headless Chromium against a live API: its log pane,
+its stream after a resume, a failed evaluation, and where the job is in its stages.
+
+No worker runs: each job stays where the test puts it, through the API or its rows."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import httpx
+import pytest
+
+from db.models import JobLog
+from tests.browser.test_dashboard import shoot
+
+pytestmark = pytest.mark.browser
+
+MAX_LOG_LINES = 500  # frontend/js/logpane.js
+
+
+def add_log(session_factory, job_id: str, messages: list[str]) -> None:
+    with session_factory() as session:
+        session.add_all(JobLog(job_id=job_id, level="INFO", message=m) for m in messages)
+        session.commit()
+
+
+def shown_messages(page) -> list[str]:
+    """The log pane's messages (each line is ``<ts> <level> <message>``)."""
+    text = page.locator("#log").text_content() or ""
+    return [line.split(" ", 2)[-1] for line in text.splitlines() if line]
+
+
+def pane_ends_with(page, message: str) -> None:
+    script = "m => (document.getElementById('log')?.textContent || '').trimEnd().endsWith(m)"
+    page.wait_for_function(script, arg=message)
+
+
+def cancel(server, job_id: str) -> None:
+    answer = httpx.post(f"{server.url}/api/v1/jobs/{job_id}/cancel", headers=server.headers)
+    assert answer.status_code == 202, answer.text
+
+
+def test_log_lines_shown_once_when_the_log_is_short(
+    live_server, signed_in, submit_job, session_factory, screenshots
+):
+    """A job with fewer lines than the pane holds: each line once, and a new line once."""
+    job = submit_job()
+    add_log(session_factory, job["id"], [f"early-{i:03d}" for i in range(30)])
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    pane_ends_with(page, "early-029")
+    add_log(session_factory, job["id"], ["late-000"])
+    pane_ends_with(page, "late-000")
+    counts = Counter(m for m in shown_messages(page) if m.startswith(("early-", "late-")))
+    assert len(counts) == 31 and set(counts.values()) == {1}, counts
+    shoot(page, screenshots, "job-log")
+    assert problems.unexpected() == []
+
+
+def test_log_pane_keeps_the_last_lines_of_a_long_log(
+    live_server, signed_in, submit_job, session_factory
+):
+    """A finished job with more lines than the stream sends in one poll: the pane
+    ends with the log's last line and holds no more than its cap."""
+    job = submit_job()
+    cancel(live_server, job["id"])
+    add_log(session_factory, job["id"], [f"line-{i:04d}" for i in range(1200)])
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    pane_ends_with(page, "line-1199")
+    shown = shown_messages(page)
+    assert len(shown) == MAX_LOG_LINES
+    assert shown == [f"line-{i:04d}" for i in range(1200 - MAX_LOG_LINES, 1200)]
+    assert problems.unexpected() == []
