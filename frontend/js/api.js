@@ -76,13 +76,14 @@ function parseBlock(block) {
 }
 
 /**
- * Follows an SSE stream with fetch (so the token stays in a header); calls onEvent(type, data).
- * Returns a stop() function. Reconnects with Last-Event-ID until an `end` event or stop();
- * a reconnect refused with 503 (database unavailable) is passed on as an `unavailable` event.
+ * Follows an SSE stream with fetch (so the token stays in a header); calls onEvent(type, data, id).
+ * Returns a stop() function. Starts after event id `since` when given, and reconnects with
+ * Last-Event-ID until an `end` event or stop(); a reconnect refused with 503 (database
+ * unavailable) is passed on as an `unavailable` event.
  */
-export function follow(path, onEvent) {
+export function follow(path, onEvent, { since = null } = {}) {
   const controller = new AbortController();
-  let lastId = null;
+  let lastId = since;
   let ended = false;
   async function run() {
     while (!ended && !controller.signal.aborted) {
@@ -109,7 +110,7 @@ export function follow(path, onEvent) {
             if (event.type === "end") ended = true;
             let data = event.data;
             try { data = JSON.parse(data); } catch { /* plain text */ }
-            onEvent(event.type, data);
+            onEvent(event.type, data, lastId);
           }
         }
       } catch (error) {

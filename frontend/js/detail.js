@@ -68,6 +68,7 @@ export async function detailPage(main, { parts }) {
       job = await api(`/jobs/${id}/${verb}`, { method: "POST" });
       say(`Job ${verb} requested.`);
       drawJob();
+      if (verb === "resume") listen(); // the last stream ended with the job's last run
     } catch (error) { say(error.message); }
   };
   function drawJob() {
@@ -99,7 +100,10 @@ export async function detailPage(main, { parts }) {
   await Promise.all([drawEvals(), drawCheckpoints()]);
 
   let paused = false; // the stream said the database is unreachable
-  const stop = follow(`/jobs/${id}/events`, (type, data) => {
+  let cursor = null; // the last event id seen: a new stream starts after it, nothing twice
+  let stop = () => {};
+  function onEvent(type, data, eventId) {
+    if (eventId) cursor = eventId;
     if (type === "unavailable") { paused = true; say(data.detail); return; }
     if (paused) { paused = false; say("Live updates resumed."); }
     if (type === "job") { job = data; drawJob(); }
@@ -107,6 +111,11 @@ export async function detailPage(main, { parts }) {
     else if (type === "log") log.add(data);
     else if (type === "evaluation") refreshEvals();
     else if (type === "end") { refreshEvals(); refreshCheckpoints(); say(`Job ${job.status}.`); }
-  });
+  }
+  function listen() {
+    stop();
+    stop = follow(`/jobs/${id}/events`, onEvent, { since: cursor });
+  }
+  listen();
   return () => { stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel()); };
 }

@@ -73,3 +73,25 @@ def test_log_pane_keeps_the_last_lines_of_a_long_log(
     assert len(shown) == MAX_LOG_LINES
     assert shown == [f"line-{i:04d}" for i in range(1200 - MAX_LOG_LINES, 1200)]
     assert problems.unexpected() == []
+
+
+def test_resume_follows_the_job_again(live_server, signed_in, submit_job, session_factory):
+    """The stream ends with a canceled job; after Resume the page follows the new run
+    (here: canceled again from outside) without showing old log lines twice."""
+    job = submit_job()
+    cancel(live_server, job["id"])
+    add_log(session_factory, job["id"], [f"before-{i}" for i in range(5)])
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    pane_ends_with(page, "before-4")
+    page.click("#resume")
+    page.locator("#summary .badge-queued").wait_for()
+    add_log(session_factory, job["id"], ["after-resume"])
+    pane_ends_with(page, "after-resume")
+    cancel(live_server, job["id"])
+    page.locator("#summary .badge-canceled").wait_for(timeout=15_000)
+    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    counts = Counter(m for m in shown_messages(page) if m.startswith(("before-", "after-")))
+    assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert problems.unexpected() == []
