@@ -6,10 +6,17 @@ import { evalNote, evalTable, metricCharts, robustVsEps } from "./results.js";
 
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
+/** "train, epoch 3 of 6": job.epoch counts within its stage, so it is shown against that stage's epochs. */
+function position(job) {
+  if (job.stage === "evaluate") return "evaluate (AutoAttack)";
+  const c = job.config || {};
+  const of = { burn_in: c.burn_in_epochs, train: c.epochs }[job.stage];
+  return `${job.stage}, epoch ${job.epoch ?? 0}${Number.isFinite(of) ? ` of ${of}` : ""}`;
+}
+
 function summary(job) {
   const m = job.latest_metrics || {};
-  const where = job.stage === "evaluate" ? "evaluate (AutoAttack)"
-    : `${job.stage}, epoch ${job.epoch ?? 0} of ${job.total_epochs ?? "?"}`;
+  const where = position(job);
   const stage = job.status === "succeeded" ? ""
     : FINAL.has(job.status) ? (job.stage ? `stopped in ${where}` : "")
       : job.stage ? where : "waiting for a worker";

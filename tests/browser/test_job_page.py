@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from db.models import JobLog
+from db.models import Job, JobLog
 from tests.browser.test_dashboard import shoot
 
 pytestmark = pytest.mark.browser
@@ -94,4 +94,26 @@ def test_resume_follows_the_job_again(live_server, signed_in, submit_job, sessio
     page.locator("#status").filter(has_text="Job canceled.").wait_for()
     counts = Counter(m for m in shown_messages(page) if m.startswith(("before-", "after-")))
     assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert problems.unexpected() == []
+
+
+def set_stage(session_factory, job_id: str, stage: str, epoch: int) -> None:
+    with session_factory() as session:
+        row = session.get(Job, job_id)
+        row.status, row.stage, row.epoch = "running", stage, epoch
+        session.commit()
+
+
+def test_epoch_is_counted_against_its_stage(live_server, signed_in, submit_job, session_factory):
+    """One burn-in epoch and six training epochs: the last one is "epoch 6 of 6"."""
+    job = submit_job(burn_in_epochs=1, epochs=6)
+    set_stage(session_factory, job["id"], "train", 6)
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    stage = page.locator("#summary #stage")
+    stage.filter(has_text="train").wait_for()
+    assert stage.inner_text() == "train, epoch 6 of 6"
+    set_stage(session_factory, job["id"], "burn_in", 1)  # seen live, over the stream
+    stage.filter(has_text="burn_in").wait_for()
+    assert stage.inner_text() == "burn_in, epoch 1 of 1"
     assert problems.unexpected() == []
