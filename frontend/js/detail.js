@@ -2,7 +2,7 @@
 import { api, download, follow } from "./api.js";
 import { badge, batched, duration, h, pct, progressBar, say } from "./dom.js";
 import { logPane } from "./logpane.js";
-import { evalNote, evalTable, metricCharts, robustVsEps } from "./results.js";
+import { evalSection, metricCharts, robustVsEps } from "./results.js";
 
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
 
@@ -90,7 +90,7 @@ export async function detailPage(main, { parts }) {
   async function drawEvals() {
     const evs = (await api(`/jobs/${id}/evaluations`)).items;
     parts$.evals.replaceChildren(...(evs.length ? [robustVsEps([{ label: job.name, evaluations: evs }]),
-      ...evs.flatMap((e) => [evalNote(e), evalTable(e)])] : [h("p", { class: "muted" }, "No evaluation yet.")]));
+      ...evs.map(evalSection)] : [h("p", { class: "muted" }, "No evaluation yet.")]));
   }
   async function drawCheckpoints() {
     const cks = (await api(`/jobs/${id}/checkpoints`)).items;

@@ -41,6 +41,18 @@ export function evalNote(ev) {
     `quick evaluation — ${ev.n} images, preset ${ev.preset} — not comparable to leaderboard numbers`);
 }
 
+/** Why an evaluation failed, in the worker's words. */
+export function evalError(ev) {
+  return h("p", { class: "error eval-error" }, `Evaluation ${ev.status}: ${ev.error}`);
+}
+
+/** One evaluation: its note, its error if it has one, its table unless it failed with no result. */
+export function evalSection(ev) {
+  const table = ev.results?.length || ev.status !== "failed";
+  return h("div", { class: "evaluation", "data-status": ev.status },
+    evalNote(ev), ev.error ? evalError(ev) : null, table ? evalTable(ev) : null);
+}
+
 /** AutoAttack table: eps, clean, robust, one column per attack. */
 export function evalTable(ev) {
   const attacks = [...new Set((ev.results || []).flatMap((r) => Object.keys(r.per_attack || {})))];

@@ -10,7 +10,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from db.models import Job, JobLog
+from db.models import Evaluation, Job, JobLog
 from tests.browser.test_dashboard import shoot
 
 pytestmark = pytest.mark.browser
@@ -94,6 +94,28 @@ def test_resume_follows_the_job_again(live_server, signed_in, submit_job, sessio
     page.locator("#status").filter(has_text="Job canceled.").wait_for()
     counts = Counter(m for m in shown_messages(page) if m.startswith(("before-", "after-")))
     assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert problems.unexpected() == []
+
+
+def test_failed_evaluation_shows_its_error(
+    live_server, signed_in, submit_job, session_factory, screenshots
+):
+    job = submit_job()
+    cancel(live_server, job["id"])
+    error = "AutoAttack stopped: CUDA out of memory while attacking eps 0.1"
+    with session_factory() as session:
+        session.add(
+            Evaluation(
+                job_id=job["id"], status="failed", preset="fast", n=100, eps=[0.1], error=error
+            )
+        )
+        session.commit()
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    shown = page.locator("#evaluations .eval-error")
+    shown.wait_for()
+    assert shown.inner_text() == f"Evaluation failed: {error}"
+    shoot(page, screenshots, "evaluation-failed")
     assert problems.unexpected() == []
 
 
