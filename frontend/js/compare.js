@@ -1,6 +1,7 @@
 // #/compare?ids=a,b: several jobs' curves overlaid and their AutoAttack tables side by side.
 import { api } from "./api.js";
 import { h, num, pct } from "./dom.js";
+import { pager } from "./pager.js";
 import { evalNote, metricCharts, robustVsEps } from "./results.js";
 
 async function loadJob(id) {
@@ -26,19 +27,49 @@ function paperTable(jobs) {
     }))));
 }
 
+function pickBox(job, chosen) {
+  const box = h("input", { type: "checkbox", id: `pick-${job.id}`, value: job.id });
+  box.checked = chosen.has(job.id);
+  box.addEventListener("change", () => (box.checked ? chosen.add(job.id) : chosen.delete(job.id)));
+  const c = job.config || {};
+  return h("label", { for: `pick-${job.id}`, class: "pick" }, box,
+    ` ${job.name || job.id} (${c.dataset}, ${c.method}, ${job.status})`);
+}
+
+/** Jobs to compare, a page at a time, searchable by name or id; picks survive paging. */
 async function picker(selected) {
-  const data = await api("/jobs?limit=50");
-  const boxes = data.items.map((j) => {
-    const box = h("input", { type: "checkbox", id: `pick-${j.id}`, value: j.id });
-    box.checked = selected.includes(j.id);
-    return h("label", { for: `pick-${j.id}`, class: "pick" }, box, ` ${j.name || j.id} (${j.config?.method}, ${j.status})`);
-  });
+  const chosen = new Set(selected);
+  const list = h("div", { class: "pick-list" });
+  const count = h("span", { class: "muted", "aria-live": "polite" });
+  const search = h("input", { type: "search", id: "pick-q", placeholder: "name or id", "aria-label": "Search jobs by name or id" });
+  const pages = pager("pick", "Pages of jobs to compare", () => load().catch(() => {}), 20);
+  let latest = 0;
+  async function load() {
+    const mine = ++latest;
+    const q = new URLSearchParams({ limit: String(pages.limit), offset: String(pages.offset) });
+    if (search.value.trim()) q.set("q", search.value.trim());
+    const data = await api(`/jobs?${q}`);
+    if (mine !== latest) return undefined;
+    if (!pages.show(data)) return load();
+    list.replaceChildren(...(data.items.length ? data.items.map((j) => pickBox(j, chosen)) : [h("p", { class: "muted" }, "No job matches.")]));
+    return undefined;
+  }
+  search.addEventListener("input", () => { pages.reset(); load().catch(() => {}); });
   const form = h("form", { class: "picker", onsubmit: (e) => {
     e.preventDefault();
-    const ids = [...form.querySelectorAll("input:checked")].map((b) => b.value);
-    location.hash = `#/compare?ids=${ids.join(",")}`;
-  } }, h("fieldset", {}, h("legend", {}, "Jobs to compare"), boxes), h("button", { type: "submit" }, "Compare"));
+    location.hash = `#/compare?ids=${[...chosen].join(",")}`;
+  } }, h("fieldset", {}, h("legend", {}, "Jobs to compare"), h("label", { class: "pick-search" }, "Search ", search), list),
+  pages.node, h("div", { class: "buttons" }, h("button", { type: "submit" }, "Compare"), count));
+  list.addEventListener("change", () => { count.textContent = `${chosen.size} selected`; });
+  count.textContent = `${chosen.size} selected`;
+  await load();
   return form;
+}
+
+function evalCard(j) {
+  const ev = j.evaluations.filter((e) => e.results?.length).at(-1);
+  return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, j.label),
+    ev ? evalNote(ev) : h("p", { class: "muted" }, "No evaluation yet."));
 }
 
 export async function comparePage(main, { params }) {
@@ -47,10 +78,6 @@ export async function comparePage(main, { params }) {
   if (!ids.length) return null;
   const jobs = await Promise.all(ids.map(loadJob));
   main.append(h("h2", {}, "Training curves"), metricCharts(jobs), h("h2", {}, "AutoAttack"), paperTable(jobs),
-    robustVsEps(jobs), h("div", { class: "side-by-side" }, jobs.map((j) => {
-      const ev = j.evaluations.filter((e) => e.results?.length).at(-1);
-      return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, j.label),
-        ev ? evalNote(ev) : h("p", { class: "muted" }, "No evaluation yet."));
-    })));
+    robustVsEps(jobs), h("div", { class: "side-by-side" }, jobs.map(evalCard)));
   return null;
 }

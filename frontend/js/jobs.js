@@ -1,6 +1,7 @@
 // #/jobs: the user's jobs with filters, refreshed every few seconds.
 import { api } from "./api.js";
 import { badge, duration, h, pct, progressBar } from "./dom.js";
+import { pager } from "./pager.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "canceled"];
 
@@ -33,10 +34,12 @@ export async function jobsPage(main) {
   const picked = new Set();
   const body = h("tbody");
   const total = h("p", { class: "muted", "aria-live": "polite" });
+  const pages = pager("jobs", "Pages of jobs", () => load().catch(() => {}));
+  const refilter = () => { pages.reset(); load().catch(() => {}); };
   const filters = h("form", { class: "filters", onsubmit: (e) => e.preventDefault() },
-    select("f-status", "Status", STATUSES, () => load()),
-    select("f-method", "Method", ["", ...catalog.methods.map((m) => m.name)], () => load()),
-    select("f-dataset", "Dataset", ["", ...catalog.datasets.map((d) => d.name)], () => load()),
+    select("f-status", "Status", STATUSES, refilter),
+    select("f-method", "Method", ["", ...catalog.methods.map((m) => m.name)], refilter),
+    select("f-dataset", "Dataset", ["", ...catalog.datasets.map((d) => d.name)], refilter),
     h("button", { type: "button", onclick: () => {
       if (picked.size) location.hash = `#/compare?ids=${[...picked].join(",")}`;
     } }, "Compare selected"));
@@ -44,15 +47,19 @@ export async function jobsPage(main) {
     "Elapsed", "Remaining", "Val clean", "Val PGD"];
   const table = h("div", { class: "table-wrap" }, h("table", { class: "jobs" },
     h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))), body));
-  main.append(h("h1", {}, "Jobs"), filters, total, table);
+  main.append(h("h1", {}, "Jobs"), filters, total, table, pages.node);
 
+  let latest = 0; // a slow answer to an older request (a poll, another page) is dropped
   async function load() {
-    const q = new URLSearchParams({ limit: "50" });
+    const mine = ++latest;
+    const q = new URLSearchParams({ limit: String(pages.limit), offset: String(pages.offset) });
     for (const k of ["status", "method", "dataset"]) {
       const v = document.getElementById(`f-${k}`)?.value;
       if (v) q.set(k, v);
     }
     const data = await api(`/jobs?${q}`);
+    if (mine !== latest) return undefined;
+    if (!pages.show(data)) return load();
     body.replaceChildren(...data.items.map((j) => row(j, picked)));
     if (!data.items.length) body.append(h("tr", {}, h("td", { colspan: 10 }, "No jobs yet — ", h("a", { href: "#/new" }, "start one"), ".")));
     total.textContent = `${data.total} job(s)`;

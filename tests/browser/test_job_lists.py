@@ -1,0 +1,85 @@
+"""The jobs list and the compare page in headless Chromium against a live API:
+paging past the first page (with filters kept), the compare picker's paging and
+search, and compared jobs of different datasets. No worker runs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.browser.test_dashboard import shoot
+
+pytestmark = pytest.mark.browser
+
+ROWS = "table.jobs tbody tr[data-job-id]"
+
+
+def names(page, selector: str) -> list[str]:
+    return [n.strip() for n in page.locator(selector).all_inner_texts()]
+
+
+def wait_rows(page, count: int, first: str) -> None:
+    """Until the table shows ``count`` jobs, ``first`` at the top."""
+    page.wait_for_function(
+        "([sel, n, first]) => { const rows = document.querySelectorAll(sel);"
+        " return rows.length === n && rows[0].querySelector('a').textContent === first; }",
+        arg=[ROWS, count, first],
+    )
+
+
+def test_jobs_list_pages_past_fifty_and_keeps_its_filter(
+    live_server, signed_in, submit_job, screenshots
+):
+    """52 DyART jobs and 3 clean ones (newest first): page 2 holds the oldest; with the
+    method filter on, paging stays within DyART jobs, through the list's refreshes."""
+    for i in range(52):
+        submit_job(name=f"dy-{i:02d}")
+    for i in range(3):
+        submit_job(name=f"cl-{i}", method="clean")
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs")
+    wait_rows(page, 50, "cl-2")
+    assert page.locator("#jobs-where").inner_text() == "1–50 of 55"
+    assert page.locator("#jobs-prev").is_disabled()
+    page.click("#jobs-next")
+    wait_rows(page, 5, "dy-04")
+    assert names(page, f"{ROWS} td a") == ["dy-04", "dy-03", "dy-02", "dy-01", "dy-00"]
+    assert page.locator("#jobs-next").is_disabled()
+
+    page.select_option("#f-method", "dyart")  # a new filter starts at its first page
+    wait_rows(page, 50, "dy-51")
+    page.click("#jobs-next")
+    wait_rows(page, 2, "dy-01")
+    assert page.locator("#jobs-where").inner_text() == "51–52 of 52"
+    page.wait_for_timeout(3500)  # the list refreshes every 3 s: same filter, same page
+    assert names(page, f"{ROWS} td a") == ["dy-01", "dy-00"]
+    shoot(page, screenshots, "jobs-page-2")
+    page.click("#jobs-prev")
+    wait_rows(page, 50, "dy-51")
+    assert problems.unexpected() == []
+
+
+def test_compare_picker_pages_and_searches(live_server, signed_in, submit_job):
+    """The picker shows 20 jobs a page; a job beyond the first page is found by
+    search, and a pick made on one page is kept on another."""
+    jobs = [submit_job(name=f"run-{i:02d}") for i in range(25)]
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/compare")
+    picks = page.locator(".pick-list label.pick")
+    picks.nth(19).wait_for()
+    assert picks.count() == 20 and "run-24" in picks.first.inner_text()
+    page.check(f"#pick-{jobs[24]['id']}")
+    page.click("#pick-next")
+    page.locator(f"#pick-{jobs[0]['id']}").wait_for()
+    assert picks.count() == 5
+    page.fill("#pick-q", "run-03")
+    page.wait_for_function("document.querySelectorAll('.pick-list label.pick').length === 1")
+    page.check(f"#pick-{jobs[3]['id']}")
+    page.click(".picker button[type=submit]")
+    page.wait_for_url(re.compile(r"#/compare\?ids="))
+    rows = page.locator("table.compare-table tbody tr")
+    rows.nth(1).wait_for()
+    shown = {rows.nth(i).get_attribute("data-job-id") for i in range(rows.count())}
+    assert shown == {jobs[24]["id"], jobs[3]["id"]}
+    assert problems.unexpected() == []
