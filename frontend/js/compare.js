@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { h, num, pct } from "./dom.js";
 import { pager } from "./pager.js";
-import { evalNote, metricCharts, robustVsEps } from "./results.js";
+import { evalError, evalNote, metricCharts, robustVsEps } from "./results.js";
 
 async function loadJob(id) {
   const [job, metrics, evals] = await Promise.all([api(`/jobs/${id}`), api(`/jobs/${id}/metrics`),
@@ -10,21 +10,32 @@ async function loadJob(id) {
   return { job, label: job.name || id.slice(0, 8), rows: metrics.items, evaluations: evals.items };
 }
 
+const datasetOf = (j) => j.job.config?.dataset ?? "";
+
 /** The paper's table: one row per job, clean and robust accuracy per eps of its latest evaluation. */
 function paperTable(jobs) {
   const latest = (j) => j.evaluations.filter((e) => e.results?.length).at(-1);
   const eps = [...new Set(jobs.flatMap((j) => (latest(j)?.results || []).map((r) => +r.eps.toPrecision(6))))].sort((a, b) => a - b);
   return h("div", { class: "table-wrap" }, h("table", { class: "autoattack compare-table" },
     h("caption", {}, "AutoAttack accuracy per eps (latest evaluation of each job)"),
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "job"), h("th", { scope: "col" }, "method"),
-      h("th", { scope: "col" }, "clean"), eps.map((e) => h("th", { scope: "col" }, `robust @ ${num(e)}`)))),
+    h("thead", {}, h("tr", {}, ["job", "dataset", "method", "clean"].map((t) => h("th", { scope: "col" }, t)),
+      eps.map((e) => h("th", { scope: "col" }, `robust @ ${num(e)}`)))),
     h("tbody", {}, jobs.map((j) => {
       const ev = latest(j);
       const at = (e) => ev?.results.find((r) => +r.eps.toPrecision(6) === e);
       return h("tr", { "data-job-id": j.job.id }, h("th", { scope: "row" }, h("a", { href: `#/jobs/${j.job.id}` }, j.label)),
-        h("td", {}, j.job.config?.method ?? ""), h("td", {}, pct(ev?.results[0]?.clean_acc)),
-        eps.map((e) => h("td", {}, pct(at(e)?.robust_acc))));
+        h("td", { class: "dataset" }, datasetOf(j)), h("td", {}, j.job.config?.method ?? ""),
+        h("td", {}, pct(ev?.results[0]?.clean_acc)), eps.map((e) => h("td", {}, pct(at(e)?.robust_acc))));
     }))));
+}
+
+/** A warning when the jobs were trained on different datasets: eps and accuracies do not compare. */
+function datasetWarning(jobs) {
+  const datasets = [...new Set(jobs.map(datasetOf))];
+  if (datasets.length < 2) return null;
+  return h("p", { class: "warn", role: "note", id: "dataset-warning" },
+    `These jobs were trained on different datasets (${datasets.join(", ")}): each dataset has its own `
+    + "eps scale and test set, so their accuracies and eps columns do not compare.");
 }
 
 function pickBox(job, chosen) {
@@ -66,10 +77,12 @@ async function picker(selected) {
   return form;
 }
 
+/** A job's latest AutoAttack result, and the error of its latest evaluation if that one failed. */
 function evalCard(j) {
   const ev = j.evaluations.filter((e) => e.results?.length).at(-1);
-  return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, j.label),
-    ev ? evalNote(ev) : h("p", { class: "muted" }, "No evaluation yet."));
+  const last = j.evaluations.at(-1);
+  return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, `${j.label} (${datasetOf(j)})`),
+    ev ? evalNote(ev) : h("p", { class: "muted" }, "No evaluation yet."), last?.error ? evalError(last) : null);
 }
 
 export async function comparePage(main, { params }) {
@@ -77,6 +90,8 @@ export async function comparePage(main, { params }) {
   main.append(h("h1", {}, "Compare jobs"), await picker(ids));
   if (!ids.length) return null;
   const jobs = await Promise.all(ids.map(loadJob));
+  const warning = datasetWarning(jobs);
+  if (warning) main.append(warning);
   main.append(h("h2", {}, "Training curves"), metricCharts(jobs), h("h2", {}, "AutoAttack"), paperTable(jobs),
     robustVsEps(jobs), h("div", { class: "side-by-side" }, jobs.map(evalCard)));
   return null;

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from db.models import Evaluation, Job
 from tests.browser.test_dashboard import shoot
 
 pytestmark = pytest.mark.browser
@@ -82,4 +83,36 @@ def test_compare_picker_pages_and_searches(live_server, signed_in, submit_job):
     rows.nth(1).wait_for()
     shown = {rows.nth(i).get_attribute("data-job-id") for i in range(rows.count())}
     assert shown == {jobs[24]["id"], jobs[3]["id"]}
+    assert problems.unexpected() == []
+
+
+def test_compare_shows_datasets_and_warns_when_they_differ(
+    live_server, signed_in, submit_job, session_factory, screenshots
+):
+    digits, other = submit_job(name="on-digits"), submit_job(name="on-mnist")
+    error = "AutoAttack stopped: the checkpoint file is missing"
+    with session_factory() as session:
+        row = session.get(Job, other["id"])
+        row.dataset, row.config = "mnist10k", {**row.config, "dataset": "mnist10k"}
+        session.add(
+            Evaluation(
+                job_id=other["id"], status="failed", preset="fast", n=100, eps=[0.3], error=error
+            )
+        )
+        session.commit()
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/compare?ids={digits['id']},{other['id']}")
+    page.locator("table.compare-table tbody tr").nth(1).wait_for()
+    cells = names(page, "table.compare-table tbody td.dataset")
+    assert cells == ["digits", "mnist10k"]
+    warning = page.locator("#dataset-warning")
+    assert warning.is_visible() and "digits, mnist10k" in warning.inner_text()
+    card = page.locator(f".side-by-side section[data-job-id='{other['id']}']")
+    assert card.locator(".eval-error").inner_text() == f"Evaluation failed: {error}"
+    shoot(page, screenshots, "compare-datasets")
+
+    same = submit_job(name="also-digits")
+    page.goto(f"{live_server.url}/#/compare?ids={digits['id']},{same['id']}")
+    page.locator("table.compare-table tbody tr").nth(1).wait_for()
+    assert page.locator("#dataset-warning").count() == 0
     assert problems.unexpected() == []
