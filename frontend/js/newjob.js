@@ -25,8 +25,10 @@ function input(param, field, value) {
     return c;
   }
   if (param.type === "int" || param.type === "float") {
-    return h("input", { ...common, type: "number", step: param.type === "int" ? 1 : "any",
-      min: param.min ?? undefined, max: param.max ?? undefined, value: value ?? "" });
+    // Text, not type=number: Chromium turns a typed "0,3" into 3 and "1e" into "", silently;
+    // here the page reads what was typed and says what is wrong with it.
+    return h("input", { ...common, type: "text", inputmode: param.type === "int" ? "numeric" : undefined,
+      autocomplete: "off", spellcheck: "false", value: value ?? "" });
   }
   return h("input", { ...common, type: "text", value: value ?? "" });
 }
@@ -40,13 +42,30 @@ function fieldRow(param, field, value) {
     h("small", { id: `err-${slug(field)}`, class: "field-error", "aria-live": "polite" }));
 }
 
-function readValue(node, type) {
-  if (type === "bool") return node.checked;
+const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
+
+/** `text` as a finite number, or the reason it is not one. */
+function parseNumber(text, name) {
+  if (!NUMBER.test(text)) {
+    const hint = text.includes(",") ? " (a decimal point, not a comma)" : "";
+    return { error: `${name}: "${text}" is not a number; write it like 0.3 or 5e-4${hint}` };
+  }
+  const value = Number(text);
+  return Number.isFinite(value) ? { value } : { error: `${name}: ${text} is too large` };
+}
+
+/** A field's value as {value}, {} when blank (the server's default), or {error} when unreadable. */
+function readValue(node, param) {
+  if (param.type === "bool") return { value: node.checked };
   const raw = node.value.trim();
-  if (raw === "") return undefined;
-  if (type === "int" || type === "float") return Number(raw);
-  if (type === "float_list") return raw.split(/[\s,]+/).filter(Boolean).map(Number);
-  return raw;
+  if (raw === "") return {};
+  if (param.type === "int" || param.type === "float") return parseNumber(raw, param.name);
+  if (param.type === "float_list") {
+    const items = raw.split(/[\s,]+/).filter(Boolean).map((x) => parseNumber(x, param.name));
+    const bad = items.find((x) => x.error);
+    return bad || { value: items.map((x) => x.value) };
+  }
+  return { value: raw };
 }
 
 function archOptions(catalog, dataset, select) {
@@ -60,22 +79,33 @@ function archOptions(catalog, dataset, select) {
   select.value = ok ? current : [...select.options].find((o) => !o.disabled)?.value ?? "";
 }
 
+/** -> {body, errors}: the request, and a {field, message} for each value that cannot be sent. */
 function buildBody(form, catalog) {
   const body = { hparams: {} };
+  const errors = [];
   for (const key of ["name", "dataset", "architecture", "method"]) {
     const v = form.elements[key].value.trim();
     if (v) body[key] = v;
   }
+  const read = (param, field, put) => {
+    const { value, error } = readValue(form.querySelector(`[data-field="${field}"]`), param);
+    if (error) errors.push({ field, message: error });
+    else if (value !== undefined) put(value);
+  };
   const method = catalog.methods.find((m) => m.name === body.method);
-  for (const p of method.params) {
-    const v = readValue(form.querySelector(`[data-field="hparams.${p.name}"]`), p.type);
-    if (v !== undefined) body.hparams[p.name] = v;
+  for (const p of method.params) read(p, `hparams.${p.name}`, (v) => { body.hparams[p.name] = v; });
+  for (const p of catalog.train_params) read(p, p.name, (v) => { body[p.name] = v; });
+  return { body, errors };
+}
+
+/** Puts back the values the user gave fields in `boxes` (those that exist on this method). */
+function restoreValues(boxes, values) {
+  for (const node of boxes.flatMap((box) => [...box.querySelectorAll("[data-field]")])) {
+    if (!values.has(node.dataset.field)) continue;
+    const v = values.get(node.dataset.field);
+    if (node.type === "checkbox") node.checked = v;
+    else if (node.tagName !== "SELECT" || [...node.options].some((o) => o.value === v)) node.value = v;
   }
-  for (const p of catalog.train_params) {
-    const v = readValue(form.querySelector(`[data-field="${p.name}"]`), p.type);
-    if (v !== undefined) body[p.name] = v;
-  }
-  return body;
 }
 
 function showErrors(form, detail) {
@@ -117,6 +147,13 @@ export async function newJobPage(main) {
     h("p", { id: "form-errors", class: "error", tabindex: "-1", "aria-live": "assertive" }),
     h("button", { type: "submit" }, "Start training"));
 
+  // A redraw (another method or dataset) keeps what the user gave each field it still has,
+  // even one another method lacked; the rest show the method's and dataset's defaults.
+  const edits = new Map(); // field -> the value the user gave it
+  const remember = ({ target }) => {
+    if (target.dataset?.field) edits.set(target.dataset.field, target.type === "checkbox" ? target.checked : target.value);
+  };
+  for (const box of [hparamBox, trainBox]) for (const type of ["input", "change"]) box.addEventListener(type, remember);
   function render() {
     const dataset = catalog.datasets.find((d) => d.name === datasetSel.value) || catalog.datasets[0];
     archOptions(catalog, dataset, archSel);
@@ -128,6 +165,7 @@ export async function newJobPage(main) {
         const param = p.name === "eval_preset" ? { ...p, choices: presets } : p;
         return fieldRow(param, p.name, defaultOf(p, dataset));
       }));
+    restoreValues([hparamBox, trainBox], edits);
   }
   datasetSel.addEventListener("change", render);
   methodSel.addEventListener("change", render);
@@ -142,7 +180,12 @@ export async function newJobPage(main) {
     form.querySelectorAll(".field-error").forEach((e) => (e.textContent = ""));
     form.querySelectorAll("[aria-invalid]").forEach((e) => e.removeAttribute("aria-invalid"));
     form.querySelector("#form-errors").textContent = "";
-    const body = buildBody(form, catalog);
+    const { body, errors } = buildBody(form, catalog);
+    if (errors.length) {
+      showErrors(form, errors);
+      say("The job was not sent: some values are not numbers; see the messages in the form.");
+      return;
+    }
     const text = JSON.stringify(body);
     if (!pending || pending.text !== text) pending = { text, key: newKey() };
     submit.disabled = true;

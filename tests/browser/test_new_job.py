@@ -1,0 +1,65 @@
+"""The new-job form (#/new) in headless Chromium against a live API: what the user
+typed survives a change of method, and a number the browser cannot read is an error
+on its field, not a silent default. No worker runs."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.browser.test_dashboard import shoot
+
+pytestmark = pytest.mark.browser
+
+
+def test_edited_values_survive_a_change_of_method(live_server, signed_in, screenshots):
+    page, problems = signed_in()
+    posts = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.goto(f"{live_server.url}/#/new")
+    page.locator("#job-form").wait_for()
+    page.select_option("#field-dataset", "digits")
+    page.select_option("#field-architecture", "mlp")
+    page.select_option("#field-method", "trades")
+    page.fill("#field-hparams-beta", "3")
+    page.fill("#field-hparams-steps", "7")
+    page.fill("#field-epochs", "4")
+    page.fill("#field-eval_n", "100")
+    page.select_option("#field-eval_preset", "fast")
+
+    page.select_option("#field-method", "mart")  # beta and steps exist here too
+    assert page.locator("#hparams legend").inner_text().startswith("MART")
+    assert page.locator("#field-hparams-beta").input_value() == "3"
+    assert page.locator("#field-hparams-steps").input_value() == "7"
+    assert page.locator("#field-hparams-eps").input_value() == "0.1"  # untouched: digits' default
+    page.select_option("#field-method", "dyart")  # no beta here; back on trades it is still 3
+    assert page.locator("#field-hparams-beta").count() == 0
+    page.select_option("#field-method", "trades")
+    assert page.locator("#field-hparams-beta").input_value() == "3"
+    assert page.locator("#field-epochs").input_value() == "4"
+    assert page.locator("#field-eval_preset").input_value() == "fast"
+
+    page.locator("#field-hparams-beta").fill("")
+    page.locator("#field-hparams-beta").press_sequentially("0,3")  # typed as a person would
+    page.locator("#field-lr").fill("")
+    page.locator("#field-lr").press_sequentially("1e")
+    page.click("#job-form button[type=submit]")
+    page.locator("#err-lr").filter(has_text='"1e" is not a number').wait_for()
+    assert "not a comma" in page.locator("#err-hparams-beta").inner_text()
+    for field in ("#field-lr", "#field-hparams-beta"):
+        assert page.locator(field).get_attribute("aria-invalid") == "true"
+    shoot(page, screenshots, "new-job-not-a-number")
+    assert posts == []  # nothing was sent, neither with defaults nor with beta 3
+
+    page.fill("#field-hparams-beta", "3")
+    page.fill("#field-lr", "0.05")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-zA-Z-]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    job = httpx.get(f"{live_server.url}/api/v1/jobs/{job_id}", headers=live_server.headers).json()
+    config = job["config"]
+    assert config["method"] == "trades" and config["epochs"] == 4 and config["lr"] == 0.05
+    assert config["hparams"]["beta"] == 3 and config["hparams"]["steps"] == 7
+    assert problems.unexpected() == []
