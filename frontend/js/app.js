@@ -1,12 +1,13 @@
 // Entry point: token box, hash router, page lifecycle.
 import { api, getToken, setToken } from "./api.js";
-import { clearStaleNotice, say } from "./dom.js";
+import { clearStaleNotice, h, say } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { newJobPage } from "./newjob.js";
 import { detailPage } from "./detail.js";
 import { comparePage } from "./compare.js";
 
 let cleanup = null;
+const RETRY_SECONDS = 5;
 
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/jobs";
@@ -46,19 +47,41 @@ function showSettings(open) {
   if (open) document.getElementById("token-input").focus();
 }
 
+/** Asks the server who the token belongs to: "ok", "token" (401: none or not accepted), or the error. */
 async function checkMe() {
   try {
     const me = await api("/me");
     document.getElementById("whoami").textContent = `signed in as ${me.name}`;
-    return true;
+    return "ok";
   } catch (error) {
     document.getElementById("whoami").textContent = "";
-    if (error.status === 401) {
-      say(getToken() ? "The token was not accepted." : "This server needs an API token.");
-      showSettings(true);
-    }
-    return false;
+    if (error.status !== 401) return error;
+    say(getToken() ? "The token was not accepted." : "This server needs an API token.");
+    showSettings(true);
+    return "token";
   }
+}
+
+/** What went wrong when the server did not answer who we are, for anything but a 401. */
+function unreachable(error) {
+  if (error.status === 503) return "The server is running but cannot reach its database (503 database unavailable).";
+  if (error.status) return `The server answered with an error: ${error.message}.`;
+  return `The server cannot be reached (${error.message}).`;
+}
+
+let retry = null;
+
+/** Checks the token, then shows the page; a server or database that is away is tried again. */
+async function start() {
+  clearTimeout(retry);
+  const state = await checkMe();
+  const main = document.getElementById("app");
+  if (state === "ok") return route();
+  if (state === "token") return main.replaceChildren(h("p", {}, "Enter an API token to see your jobs."));
+  retry = setTimeout(start, RETRY_SECONDS * 1000);
+  return main.replaceChildren(h("p", { id: "startup-error", class: "error" }, unreachable(state)),
+    h("p", {}, `Trying again every ${RETRY_SECONDS} seconds. `,
+      h("button", { type: "button", id: "retry", class: "secondary", onclick: start }, "Try again now")));
 }
 
 function setupSettings() {
@@ -69,11 +92,13 @@ function setupSettings() {
     event.preventDefault();
     setToken(document.getElementById("token-input").value.trim());
     document.getElementById("token-input").value = "";
-    if (await checkMe()) {
+    const state = await checkMe();
+    if (state === "ok") {
       showSettings(false);
       say("Token saved.");
+      clearTimeout(retry);
       route();
-    }
+    } else if (state !== "token") say(unreachable(state));
   });
   document.getElementById("token-clear").addEventListener("click", () => {
     setToken("");
@@ -84,7 +109,4 @@ function setupSettings() {
 
 setupSettings();
 window.addEventListener("hashchange", route);
-checkMe().then((ok) => {
-  if (ok) route();
-  else document.getElementById("app").replaceChildren(Object.assign(document.createElement("p"), { textContent: "Enter an API token to see your jobs." }));
-});
+start();
