@@ -211,7 +211,7 @@ DATASETS: dict[str, DatasetCard] = {
             bundled=False,
             files=tuple(
                 f"cifar-10-batches-py/{f}"
-                for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+                for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
             ),
             description="torchvision's python-pickle layout under the data directory.",
         ),
@@ -226,7 +226,7 @@ DATASETS: dict[str, DatasetCard] = {
             (0.5071, 0.4865, 0.4409),
             (0.2673, 0.2564, 0.2762),
             bundled=False,
-            files=("cifar-100-python/train", "cifar-100-python/test"),
+            files=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
         ),
         DatasetCard(
             "svhn",

@@ -496,8 +496,9 @@ class Trainer:
 
         cfg = self.config
         return load_dataset(
-            cfg.dataset, self.data_dir, val_size=cfg.val_size, seed=cfg.seed, device=self.device
-        )
+            cfg.dataset, self.data_dir, val_size=cfg.val_size, seed=cfg.seed, device=self.device,
+            extra=cfg.extra_data_frac > 0,
+        )  # fmt: skip
 
     def _build_model(self) -> nn.Module:
         from dyart.models import build_model

@@ -53,6 +53,7 @@ def load_dataset(
     val_size: int = 1024,
     seed: int = 0,
     device: str | torch.device | None = None,
+    extra: bool = False,
 ) -> DatasetSplits:
     """Load ``name``; hold out the first ``val_size`` training images for validation.
 
@@ -61,6 +62,8 @@ def load_dataset(
         val_size: validation images taken from the training set (0 for none).
         seed: kept for the signature of the run; the splits are fixed per dataset.
         device: where the tensors go (the training device); CPU when omitted.
+        extra: also read ``generated/<name>.npz`` (only runs that mix it in ask,
+            so a large or broken file costs nothing to the others).
 
     Raises:
         ConfigError: an unknown dataset or a validation part too large.
@@ -96,7 +99,9 @@ def load_dataset(
         t(train_x[:val_size]), t(train_y[:val_size]),
         t(test_x), t(test_y),
     )  # fmt: skip
-    extra = read_extra(name, root)
-    if extra is not None:
-        splits.extra_x, splits.extra_y, splits.extra_path = t(extra[0]), t(extra[1]), extra[2]
+    generated = read_extra(name, root) if extra else None
+    if generated is not None:
+        splits.extra_x, splits.extra_y, splits.extra_path = (
+            t(generated[0]), t(generated[1]), generated[2]
+        )  # fmt: skip
     return splits

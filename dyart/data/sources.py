@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import warnings
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from dyart import catalog
 from dyart.errors import DatasetCorruptError, DatasetMissingError
+from dyart.files import atomic_write
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -130,25 +135,57 @@ def _torchvision(name: str, data_dir: Path | None) -> Arrays:
                     np.asarray(ds.targets),
                 ]
     except (RuntimeError, OSError, ValueError, KeyError) as e:
-        raise DatasetCorruptError(f"{name}: the files under {root} do not read: {e}") from e
+        files = ", ".join(catalog.DATASETS[name].files)
+        reason = str(e).replace(" You can use download=True to download it", "")
+        raise DatasetCorruptError(
+            f"{name}: the files under {root} do not read or fail torchvision's md5 check "
+            f"(expected the original {files}): {reason}"
+        ) from e
     tx, ty, vx, vy = parts
     return tx, ty.astype(np.int64), vx, vy.astype(np.int64)
+
+
+TINY_CACHE = "uint8-cache-v2.npz"
 
 
 def tiny_imagenet(data_dir: Path | None) -> Arrays:
     """Tiny-ImageNet-200: train/<wnid>/images/*.JPEG and the val set as the test set.
 
-    Decoded once into ``tiny-imagenet-200/uint8-cache.npz`` beside the images.
+    The training images are put in one fixed shuffled order (seed 0), so the
+    validation part held out from their front holds every class. They are decoded
+    once into ``tiny-imagenet-200/uint8-cache-v2.npz`` beside the images, with a
+    fingerprint of the file lists: a cache that no longer matches the folders, or
+    that does not read, is built again.
     """
     root = _require("tiny_imagenet", data_dir) / "tiny-imagenet-200"
-    cache = root / "uint8-cache.npz"
-    if cache.is_file():
-        with np.load(cache) as f:
-            return f["train_x"], f["train_y"], f["test_x"], f["test_y"]
-    from PIL import Image
-
     wnids = (root / "wnids.txt").read_text().split()
     label = {w: i for i, w in enumerate(wnids)}
+    train = []
+    empty = []
+    for w in wnids:
+        paths = sorted((root / "train" / w / "images").glob("*"))
+        if not paths:
+            empty.append(w)
+        train += [(p, label[w]) for p in paths]
+    if empty:
+        shown = ", ".join(f"train/{w}/images/" for w in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise DatasetMissingError(
+            f"tiny_imagenet: no training images for {len(empty)} of the {len(wnids)} classes "
+            f"in wnids.txt: expected images under {root}/{shown}{more}"
+        )
+    val = []
+    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in label:
+            val.append((root / "val" / "images" / fields[0], label[fields[1]]))
+    listing = "\n".join(f"{p.relative_to(root)}\t{c}" for p, c in train + val)
+    fingerprint = hashlib.sha256(listing.encode()).hexdigest()
+    cache = root / TINY_CACHE
+    cached = _read_tiny_cache(cache, fingerprint)
+    if cached is not None:
+        return cached
+    from PIL import Image
 
     def read(paths: list[Path]) -> np.ndarray:
         out = np.empty((len(paths), 3, 64, 64), dtype=np.uint8)
@@ -162,22 +199,35 @@ def tiny_imagenet(data_dir: Path | None) -> Arrays:
                 ) from e
         return out
 
-    train = [
-        (p, label[w]) for w in wnids for p in sorted((root / "train" / w / "images").glob("*"))
-    ]
-    if not train:
-        raise DatasetMissingError(f"tiny_imagenet: no images under {root / 'train'}/<wnid>/images/")
-    val = []
-    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 2 and fields[1] in label:
-            val.append((root / "val" / "images" / fields[0], label[fields[1]]))
+    order = np.random.default_rng(0).permutation(len(train))
+    train = [train[i] for i in order]
     arrays = (
         read([p for p, _ in train]), np.array([c for _, c in train], dtype=np.int64),
         read([p for p, _ in val]), np.array([c for _, c in val], dtype=np.int64),
     )  # fmt: skip
-    np.savez(cache, train_x=arrays[0], train_y=arrays[1], test_x=arrays[2], test_y=arrays[3])
+
+    def write(f: IO[bytes]) -> None:
+        np.savez(f, fingerprint=np.array(fingerprint), train_x=arrays[0], train_y=arrays[1],
+                 test_x=arrays[2], test_y=arrays[3])  # fmt: skip
+
+    try:
+        atomic_write(cache, write)
+    except OSError as e:  # a read-only data directory: decode again next time
+        warnings.warn(f"tiny_imagenet: could not write the cache {cache} ({e})", stacklevel=2)
     return arrays
+
+
+def _read_tiny_cache(cache: Path, fingerprint: str) -> Arrays | None:
+    """The cached arrays, or None when there is no cache, it is stale or it does not read."""
+    if not cache.is_file():
+        return None
+    try:
+        with cache.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
+            if str(f["fingerprint"]) != fingerprint:
+                return None
+            return f["train_x"], f["train_y"], f["test_x"], f["test_y"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
 
 
 READERS: dict[str, Callable[[Path | None], Arrays]] = {
@@ -203,20 +253,26 @@ def read_extra(name: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray
         return None
     card = catalog.DATASETS[name]
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as f:
             image, label = f["image"], f["label"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DatasetCorruptError(
             f"{path}: expected an .npz with arrays 'image' (uint8 NHWC) and 'label' ({e})"
         ) from e
     want = (card.image_size, card.image_size, card.channels)
-    if image.dtype != np.uint8 or image.ndim != 4 or image.shape[1:] != want:
+    if image.dtype != np.uint8 or image.ndim != 4 or image.shape[1:] != want or not len(image):
         raise DatasetCorruptError(
-            f"{path}: 'image' must be uint8 of shape (N, {want[0]}, {want[1]}, {want[2]}), "
-            f"got {image.dtype} {image.shape}"
+            f"{path}: 'image' must be uint8 of shape (N, {want[0]}, {want[1]}, {want[2]}) "
+            f"with N at least 1, got {image.dtype} {image.shape}"
         )
-    if label.shape != (len(image),) or label.min() < 0 or label.max() >= card.num_classes:
+    if (
+        label.shape != (len(image),)
+        or not np.issubdtype(label.dtype, np.integer)
+        or label.min() < 0
+        or label.max() >= card.num_classes
+    ):
         raise DatasetCorruptError(
-            f"{path}: 'label' must hold {len(image)} class ids in [0, {card.num_classes})"
+            f"{path}: 'label' must hold {len(image)} integer class ids in "
+            f"[0, {card.num_classes}), got {label.dtype} {label.shape}"
         )
     return np.ascontiguousarray(image.transpose(0, 3, 1, 2)), label.astype(np.int64), path

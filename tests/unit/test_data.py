@@ -54,8 +54,14 @@ def test_malformed_cifar_files_are_named(tmp_path):
     folder.mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         (folder / name).write_bytes(b"not a pickle")
-    with pytest.raises(DatasetCorruptError, match=r"cifar10: the files under .* do not read"):
+    with pytest.raises(DatasetMissingError, match=r"cifar-10-batches-py/batches.meta \(missing\)"):
         load_dataset("cifar10", tmp_path)
+    (folder / "batches.meta").write_bytes(b"not a pickle")
+    with pytest.raises(DatasetCorruptError) as err:
+        load_dataset("cifar10", tmp_path)
+    message = str(err.value)
+    assert "do not read or fail torchvision's md5 check" in message
+    assert "batches.meta" in message and "download=True" not in message
 
 
 def test_bundled_mnist_with_a_wrong_checksum_is_refused(tmp_path):
@@ -88,7 +94,7 @@ def test_generated_data_is_mixed_in_at_the_set_fraction(tmp_path):
     n = 50
     image = np.full((n, 8, 8, 1), 255, dtype=np.uint8)  # all-white: easy to tell apart
     _write_generated(tmp_path, image, np.arange(n) % 10)
-    data = load_dataset("digits", tmp_path, val_size=0)
+    data = load_dataset("digits", tmp_path, val_size=0, extra=True)
     assert data.extra_x.shape == (n, 1, 8, 8) and data.extra_path.name == "digits.npz"
     loader = BatchLoader(
         data.train_x, data.train_y, 100, extra_x=data.extra_x, extra_y=data.extra_y,
@@ -103,10 +109,28 @@ def test_generated_data_is_mixed_in_at_the_set_fraction(tmp_path):
 def test_malformed_generated_data_names_the_file_and_the_layout(tmp_path):
     _write_generated(tmp_path, np.zeros((5, 8, 8), dtype=np.uint8), np.zeros(5))
     with pytest.raises(DatasetCorruptError, match=r"digits.npz: 'image' must be uint8 of shape"):
-        load_dataset("digits", tmp_path)
-    _write_generated(tmp_path, np.zeros((5, 8, 8, 1), dtype=np.uint8), np.full(5, 10))
-    with pytest.raises(DatasetCorruptError, match=r"'label' must hold 5 class ids in \[0, 10\)"):
-        load_dataset("digits", tmp_path)
+        load_dataset("digits", tmp_path, extra=True)
+    _write_generated(tmp_path, np.zeros((0, 8, 8, 1), dtype=np.uint8), np.zeros(0, np.int64))
+    with pytest.raises(DatasetCorruptError, match=r"with N at least 1, got uint8 \(0, 8, 8, 1\)"):
+        load_dataset("digits", tmp_path, extra=True)
+    image = np.zeros((5, 8, 8, 1), dtype=np.uint8)
+    for label in (np.full(5, 10), np.full(5, 0.7), np.array(list("abcde"))):
+        _write_generated(tmp_path, image, label)
+        with pytest.raises(
+            DatasetCorruptError, match=r"'label' must hold 5 integer class ids in \[0, 10\)"
+        ):
+            load_dataset("digits", tmp_path, extra=True)
+    path = tmp_path / "generated" / "digits.npz"
+    path.write_bytes(path.read_bytes()[:100])  # a copy cut short
+    with pytest.raises(DatasetCorruptError, match=r"digits.npz: expected an .npz with arrays"):
+        load_dataset("digits", tmp_path, extra=True)
+
+
+def test_generated_data_is_read_only_when_a_run_mixes_it_in(tmp_path):
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / "digits.npz").write_bytes(b"broken")
+    data = load_dataset("digits", tmp_path, val_size=0)
+    assert data.extra_x is None and len(data.train_x) == 1437
 
 
 def test_asking_for_generated_data_without_any_is_a_config_error():
@@ -162,3 +186,51 @@ def test_random_crop_shifts_content_and_flip_mirrors():
     flipped = random_crop_flip(ramp, pad=0, flip=True, gen=gen)
     mirrored = (flipped[:, 0, 0, 0] == 7).sum()
     assert 10 < mirrored < 54 and torch.equal(flipped[flipped[:, 0, 0, 0] == 7][0], ramp[0].flip(2))
+
+
+def _fake_tiny_imagenet(root, classes=10, per_class=6):
+    from PIL import Image
+
+    base = root / "tiny-imagenet-200"
+    wnids = [f"n{i:08d}" for i in range(classes)]
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    lines = []
+    for c, w in enumerate(wnids):
+        folder = base / "train" / w / "images"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (64, 64), (c * 20, i * 30, 7)).save(folder / f"{w}_{i}.JPEG")
+        Image.new("RGB", (64, 64), (c * 20, 0, 0)).save(base / "val" / "images" / f"val_{c}.JPEG")
+        lines.append(f"val_{c}.JPEG\t{w}\t0\t0\t64\t64")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    return base, wnids
+
+
+def test_tiny_imagenet_validation_part_does_not_take_whole_classes(tmp_path):
+    _fake_tiny_imagenet(tmp_path)  # files in class order, as the archive holds them
+    data = load_dataset("tiny_imagenet", tmp_path, val_size=12)
+    assert set(data.train_y.tolist()) == set(range(10))
+    assert len(set(data.val_y.tolist())) >= 5  # not the first two classes' images
+    assert sorted(data.test_y.tolist()) == list(range(10))
+    again = load_dataset("tiny_imagenet", tmp_path, val_size=12)  # from the cache
+    assert torch.equal(again.train_x, data.train_x) and torch.equal(again.val_y, data.val_y)
+
+
+def test_tiny_imagenet_cache_follows_the_folders_and_survives_damage(tmp_path):
+    base, wnids = _fake_tiny_imagenet(tmp_path)
+    moved = tmp_path / "aside"
+    (base / "train" / wnids[5]).rename(moved)
+    with pytest.raises(DatasetMissingError, match=rf"1 of the 10 classes.*train/{wnids[5]}/images/"):
+        load_dataset("tiny_imagenet", tmp_path, val_size=0)
+    moved.rename(base / "train" / wnids[5])
+    first = load_dataset("tiny_imagenet", tmp_path, val_size=0)
+    assert len(first.train_x) == 60
+    from PIL import Image
+
+    extra = base / "train" / wnids[5] / "images" / "late.JPEG"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(extra)  # a file added after the cache
+    assert len(load_dataset("tiny_imagenet", tmp_path, val_size=0).train_x) == 61
+    cache = base / sources.TINY_CACHE
+    cache.write_bytes(cache.read_bytes()[:200])  # a cache cut short
+    assert len(load_dataset("tiny_imagenet", tmp_path, val_size=0).train_x) == 61
