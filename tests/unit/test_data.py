@@ -221,7 +221,8 @@ def test_tiny_imagenet_cache_follows_the_folders_and_survives_damage(tmp_path):
     base, wnids = _fake_tiny_imagenet(tmp_path)
     moved = tmp_path / "aside"
     (base / "train" / wnids[5]).rename(moved)
-    with pytest.raises(DatasetMissingError, match=rf"1 of the 10 classes.*train/{wnids[5]}/images/"):
+    expected = rf"1 of the 10 classes.*train/{wnids[5]}/images/"
+    with pytest.raises(DatasetMissingError, match=expected):
         load_dataset("tiny_imagenet", tmp_path, val_size=0)
     moved.rename(base / "train" / wnids[5])
     first = load_dataset("tiny_imagenet", tmp_path, val_size=0)
