@@ -15,6 +15,7 @@ each attack, so a stop request is honoured within one attack's time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import warnings
@@ -171,11 +172,14 @@ def autoattack_eval(
     x, y = x.to(device), y.to(device)
     check_model(model, x, y)
     results = []
+    # what saved progress must have been made by to be reused: the same weights,
+    # images, labels and attack settings (eps is the folder)
+    key = None if state_dir is None else _fingerprint(model, x, y, preset, norm, seed)
     for eps in eps_list:
         folder = None if state_dir is None else Path(state_dir) / f"eps_{eps:.6g}"
         results.append(
             _eval_one_eps(
-                model, x, y, float(eps), preset, norm, batch_size, folder, seed, should_stop
+                model, x, y, float(eps), preset, norm, batch_size, folder, seed, should_stop, key
             )
         )
     return {
@@ -198,8 +202,9 @@ def _eval_one_eps(
     folder: Path | None,
     seed: int,
     should_stop: Callable[[], bool] | None,
+    key: str | None,
 ) -> dict[str, Any]:
-    progress = _read_progress(folder, len(x))
+    progress = _read_progress(folder, len(x), key)
     if progress is None:
         with torch.no_grad():
             flags = torch.cat(
@@ -208,6 +213,7 @@ def _eval_one_eps(
             )  # fmt: skip
         progress = {"clean_acc": flags.sum().item() / len(flags), "flags": flags.cpu().tolist()}
         progress["per_attack"] = {}
+        progress["fingerprint"] = key
         _write_progress(folder, progress)
     flags = torch.tensor(progress["flags"], dtype=torch.bool, device=x.device)
     for attack in PRESETS[preset]:
@@ -313,12 +319,31 @@ def _finished_flags(state_path: Path | None, attack: str, n: int) -> Tensor | No
     return torch.tensor(flags, dtype=torch.bool)
 
 
-def _read_progress(folder: Path | None, n: int) -> dict[str, Any] | None:
+def _fingerprint(model: nn.Module, x: Tensor, y: Tensor, preset: str, norm: str, seed: int) -> str:
+    """A digest of the weights, images, labels and settings an evaluation attacks."""
+    digest = hashlib.sha256(json.dumps([preset, norm, seed, len(x)]).encode())
+    tensors = [("x", x), ("y", y), *sorted(model.state_dict().items())]
+    for name, tensor in tensors:
+        digest.update(name.encode())
+        digest.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _read_progress(folder: Path | None, n: int, key: str | None) -> dict[str, Any] | None:
+    """Saved progress at one eps, or None; progress of another evaluation is removed."""
     path = None if folder is None else folder / "progress.json"
     if path is None or not path.is_file():
         return None
-    progress = json.loads(path.read_text())
-    return progress if len(progress.get("flags", ())) == n else None
+    try:
+        progress = json.loads(path.read_text())
+        usable = progress.get("fingerprint") == key and len(progress.get("flags", ())) == n
+    except (ValueError, AttributeError, TypeError):
+        usable = False
+    if not usable:  # another model, preset or image set: its attacks' states go too
+        for stale in [path, *folder.glob("*.autoattack.json")]:
+            stale.unlink(missing_ok=True)
+        return None
+    return progress
 
 
 def _write_progress(folder: Path | None, progress: dict[str, Any]) -> None:

@@ -160,17 +160,32 @@ class Trainer:
         try:
             self._resume_threads(self.threads_began)
             self.data = self._load_data()
+            if self.config.extra_data_frac > 0 and self.data.extra_x is None:
+                raise ConfigError(
+                    "extra_data_frac",
+                    f"{self.config.extra_data_frac} asks for generated data, but there is no "
+                    f"generated/{self.config.dataset}.npz under the data directory "
+                    f"({self.data_dir})",
+                )
             for stage in (s for s in STAGES if s in stages and s not in self.done):
                 state = resume if resume and resume["name"] == stage else None
                 if stage == "evaluate":
                     self._evaluate()
                 else:
+                    self._forget_evaluation()
                     self._train_stage(stage, state)
                 self.done.append(stage)
                 self._save_latest(None)
         finally:
             torch.set_num_threads(threads)
         return self._summary()
+
+    def _forget_evaluation(self) -> None:
+        """A stage that trains supersedes an earlier evaluation: it runs again later."""
+        if "evaluate" in self.done:
+            self.done.remove("evaluate")
+            (self.out_dir / "results.json").unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / "state" / "autoattack", ignore_errors=True)
 
     def _resume_threads(self, began: int) -> None:
         """Use the thread count the run began with, so its sums split as before."""
@@ -290,7 +305,7 @@ class Trainer:
                 run.seconds, run.sums = time.perf_counter() - started, sums.totals
                 self._stop(run, sums)
         run.seconds, run.sums = time.perf_counter() - started, sums.totals
-        self._check_finite(run, sums)
+        self._check_finite(run, sums, weights=True)
 
     def _end_epoch(self, run: StageRun) -> None:
         """Validate the EMA model, write the row and the checkpoints, call back."""
@@ -429,18 +444,32 @@ class Trainer:
         )  # fmt: skip
         return clean, robust
 
-    def _check_finite(self, run: StageRun, sums: MetricSums) -> None:
+    def _check_finite(self, run: StageRun, sums: MetricSums, weights: bool = False) -> None:
+        """Raise if a loss was NaN/inf; with ``weights``, also if a weight or EMA value is.
+
+        A step can spoil the weights with a finite loss (an inf gradient), so
+        before a state is saved as good its tensors are checked too.
+        """
         bad_step = sums.first_bad_step()  # host sync
+        advice = (
+            f"lower lr (now {run.optimizer.param_groups[0]['lr']:.3g}), set grad_clip, or "
+            f"check the hyperparameters. The last good state is kept at {self.state_path}"
+        )
         if bad_step >= 0:
             raise NonFiniteLossError(
                 f"the {run.name} loss became non-finite (NaN or inf) at step {bad_step + 1} "
-                f"(epoch {bad_step // len(run.loader) + 1}); lower lr "
-                f"(now {run.optimizer.param_groups[0]['lr']:.3g}), set grad_clip, or check "
-                f"the hyperparameters. The last good state is kept at {self.state_path}"
+                f"(epoch {bad_step // len(run.loader) + 1}); {advice}"
             )
+        if weights:
+            bad = _non_finite_tensors(run.model) + _non_finite_tensors(run.ema.module)
+            if bad:
+                raise NonFiniteLossError(
+                    f"the {run.name} weights became non-finite (NaN or inf) in epoch "
+                    f"{run.epoch + 1} with a finite loss ({', '.join(bad[:3])}); {advice}"
+                )
 
     def _stop(self, run: StageRun, sums: MetricSums) -> None:
-        self._check_finite(run, sums)  # never save a non-finite state as good
+        self._check_finite(run, sums, weights=True)  # never save a non-finite state as good
         self._save_latest(run)
         raise StopRequested(
             f"stopped at {run.name} epoch {run.epoch + 1} step {run.step}; state saved to "
@@ -635,6 +664,19 @@ def _improves(value: float | None, best: float | None) -> bool:
 def _crop_padding(image_size: int) -> int:
     """Random-crop padding: 4 pixels on 32x32 and larger images, 1/8 of smaller ones."""
     return 4 if image_size >= 32 else max(1, image_size // 8)
+
+
+def _non_finite_tensors(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers holding NaN or inf (one sync)."""
+    named = [
+        (name, t)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.is_floating_point()
+    ]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
 def _has_robustbench_layout(architecture: str) -> bool:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from dyart import evaluate
 from dyart.data import load_dataset
 from dyart.errors import StopRequested
 from dyart.evaluate import (
@@ -75,17 +76,30 @@ def test_custom_preset_runs_the_papers_attacks_in_order(trained):
     assert row["robust_acc"] == row["per_attack"]["fab-t"]
 
 
-def test_state_dir_resumes_without_repeating_finished_work(trained, tmp_path):
+def test_state_dir_resumes_without_repeating_finished_work(trained, tmp_path, monkeypatch):
     model, x, y = trained
     first = autoattack_eval(model, x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
     assert (tmp_path / "eps_0.1" / "progress.json").is_file()
-    # An untrained model: if the finished eps were evaluated again, the clean accuracy
-    # would change. Resuming reads it back instead.
+    attacks = []
+    real = evaluate._run_attack
+    monkeypatch.setattr(evaluate, "_run_attack", lambda *a: attacks.append(a[5]) or real(*a))
+    again = autoattack_eval(model, x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
+    assert again["results"] == first["results"] and attacks == []
+
+
+def test_saved_progress_of_another_model_or_preset_is_not_reused(trained, tmp_path):
+    model, x, y = trained
+    x, y = x[:12], y[:12]
+    autoattack_eval(model, x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
     torch.manual_seed(5)
-    wrong = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 4))
-    assert clean_accuracy(wrong, x, y) != first["results"][0]["clean_acc"]
-    again = autoattack_eval(wrong.eval(), x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
-    assert again["results"] == first["results"]
+    other = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 4)).eval()
+    theirs = autoattack_eval(other, x, y, eps_list=[0.1], preset="fast", state_dir=tmp_path)
+    assert theirs["results"][0]["clean_acc"] == pytest.approx(clean_accuracy(other, x, y))
+    fresh = autoattack_eval(model, x, y, eps_list=[0.1], preset="custom")
+    mixed = autoattack_eval(model, x, y, eps_list=[0.1], preset="custom", state_dir=tmp_path)
+    assert mixed["results"] == fresh["results"]  # not the fast preset's apgd-ce figure
+    progress = json.loads((tmp_path / "eps_0.1" / "progress.json").read_text())
+    assert list(progress["per_attack"]) == ["apgd-ce", "apgd-t", "fab-t"]
 
 
 def test_a_stop_request_is_honoured_between_attacks_and_the_rerun_finishes(trained, tmp_path):

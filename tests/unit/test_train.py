@@ -181,6 +181,62 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_state(tmp_path, monkeypat
     assert card["epoch"] == 1
 
 
+def test_a_step_that_spoils_the_weights_with_a_finite_loss_is_never_saved(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = Clean.step
+
+    class InfGradient(torch.autograd.Function):  # fault injection: a finite loss, inf grads
+        @staticmethod
+        def forward(ctx, w):
+            return torch.zeros_like(w)
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full_like(g, math.inf)
+
+    def poisoned(self, model, x, y):  # the last step of burn-in epoch 2 (320 images / 64)
+        loss, metrics = original(self, model, x, y)
+        calls["n"] += 1
+        if calls["n"] == 10:
+            loss = loss + InfGradient.apply(next(model.parameters()).flatten()[0])
+        return loss, metrics
+
+    monkeypatch.setattr(Clean, "step", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"burn_in weights became non-finite.*epoch 2"):
+        Trainer(_config(burn_in_epochs=3), tmp_path, device="cpu").run()
+    state = torch.load(tmp_path / "state" / "latest.pt", weights_only=True)
+    assert (state["run"]["name"], state["run"]["epoch"]) == ("burn_in", 1)
+    for weights in (state["run"]["model"], state["run"]["ema"]["module"]):
+        assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_generated_data_missing_on_disk_stops_the_run_before_any_epoch(tmp_path):
+    config = _config()
+    config.extra_data_frac = 0.5  # as a config validated on a machine that had the file
+    recorder = Recorder()
+    trainer = Trainer(
+        config, tmp_path / "run", device="cpu", data_dir=tmp_path, callbacks=[recorder]
+    )
+    with pytest.raises(ConfigError, match=r"extra_data_frac: 0.5 asks for generated data.*synth"):
+        trainer.run()
+    assert recorder.events == []
+
+
+def test_an_evaluation_is_run_again_once_a_later_stage_replaces_its_model(tmp_path):
+    config = _config(epochs=1)
+    first = Trainer(config, tmp_path, device="cpu").run(("burn_in", "evaluate"))
+    assert first["evaluation"]["checkpoint"] == "burn_in"
+    stale = tmp_path / "state" / "autoattack" / "eps_0.1" / "progress.json"
+    assert stale.is_file()
+    summary = Trainer(config, tmp_path, device="cpu").run()
+    assert summary["evaluation"]["checkpoint"] == "best"
+    best = dyart.load_model(tmp_path / "model-best.safetensors")
+    data = Trainer(config, tmp_path / "x", device="cpu")._load_data()
+    n = summary["evaluation"]["n"]
+    clean = (best(data.test_x[:n].float() / 255).argmax(1) == data.test_y[:n]).float().mean()
+    assert summary["evaluation"]["results"][0]["clean_acc"] == pytest.approx(clean.item())
+
+
 def test_unknown_stage_and_oversized_batch_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="stages"):
         Trainer(_config(), tmp_path, device="cpu").run(("burn_in", "polish"))
