@@ -51,7 +51,7 @@ def _train_param_field(param: catalog.Param) -> tuple[Any, Any]:
         schema["enum"] = list(param.choices)
     elif param.type != "bool":
         schema.update(minimum=param.min, maximum=param.max)
-    default = param.default if param.eps_scale is None else "dataset-dependent"
+    default = param.default if param.default is not None else "dataset-dependent"
     return (
         Any,
         Field(

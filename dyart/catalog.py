@@ -63,6 +63,8 @@ class DatasetCard:
     bundled: bool
     files: tuple[str, ...] = ()  # relative to the data directory, for on-disk sets
     description: str = ""
+    n_train: int = 0  # training images before the validation part is held out
+    val_size: int = 1024  # the default validation part
 
     def missing_files(self, data_dir: str | Path) -> list[str]:
         """Files this dataset needs under ``data_dir`` that are not there."""
@@ -83,6 +85,8 @@ class DatasetCard:
             "bundled": self.bundled,
             "files": list(self.files),
             "description": self.description,
+            "n_train": self.n_train,
+            "val_size": self.val_size,
         }
         if data_dir is not None:
             out["available"] = not self.missing_files(data_dir)
@@ -130,12 +134,20 @@ class ArchitectureCard:
 
 @dataclass(frozen=True)
 class MethodCard:
-    """A training method and its hyperparameters."""
+    """A training method, its hyperparameters and the paper that introduced it.
+
+    ``paper_title``, ``authors``, ``link`` and ``venue`` are written as RobustBench's
+    model entries write them (its ``name``, ``authors``, ``link`` and ``venue``).
+    """
 
     name: str
     title: str
     paper: str
     params: tuple[Param, ...] = field(default_factory=tuple)
+    paper_title: str = ""
+    authors: str = ""
+    link: str = ""
+    venue: str = ""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -166,6 +178,8 @@ DATASETS: dict[str, DatasetCard] = {
             _MNIST_MEAN,
             _MNIST_STD,
             bundled=True,
+            n_train=8000,
+            val_size=1024,
             description=(
                 "The 10,000 images of the original MNIST test split, bundled with the "
                 "library, split stratified by class with seed 0 into 8,000 training "
@@ -183,6 +197,8 @@ DATASETS: dict[str, DatasetCard] = {
             (0.3,),
             (0.35,),
             bundled=True,
+            n_train=1437,
+            val_size=256,
             description="scikit-learn's 8x8 handwritten digits, split 80/20 with seed 0.",
         ),
         DatasetCard(
@@ -196,6 +212,8 @@ DATASETS: dict[str, DatasetCard] = {
             (0.5,),
             (0.25,),
             bundled=True,
+            n_train=384,
+            val_size=64,
             description="Generated on the fly from a seed: 4 classes of noisy prototypes.",
         ),
         DatasetCard(
@@ -209,6 +227,8 @@ DATASETS: dict[str, DatasetCard] = {
             _CIFAR_MEAN,
             _CIFAR_STD,
             bundled=False,
+            n_train=50000,
+            val_size=1024,
             files=tuple(
                 f"cifar-10-batches-py/{f}"
                 for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -226,6 +246,8 @@ DATASETS: dict[str, DatasetCard] = {
             (0.5071, 0.4865, 0.4409),
             (0.2673, 0.2564, 0.2762),
             bundled=False,
+            n_train=50000,
+            val_size=1024,
             files=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
         ),
         DatasetCard(
@@ -239,6 +261,8 @@ DATASETS: dict[str, DatasetCard] = {
             (0.4377, 0.4438, 0.4728),
             (0.1980, 0.2010, 0.1970),
             bundled=False,
+            n_train=73257,
+            val_size=1024,
             files=("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
         ),
         DatasetCard(
@@ -252,6 +276,8 @@ DATASETS: dict[str, DatasetCard] = {
             (0.4802, 0.4481, 0.3975),
             (0.2302, 0.2265, 0.2262),
             bundled=False,
+            n_train=100000,
+            val_size=1024,
             files=("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"),
         ),
     )
@@ -316,7 +342,14 @@ METHODS: dict[str, MethodCard] = {
             "DyART (Dynamics-Aware Robust Training)",
             "Xu et al., ICLR 2023, arXiv:2302.03015",
             (
-                Param("norm", "choice", "linf", "threat-model norm", choices=("linf", "l2")),
+                Param(
+                    "norm",
+                    "choice",
+                    "linf",
+                    "threat-model norm (training jobs validate and attack in L-inf; "
+                    "the library's DyART class also takes l2)",
+                    choices=("linf",),
+                ),
                 Param("temperature", "float", 5.0, "β of the soft margin φ", 0.1, 100.0),
                 Param("iterations", "int", 20, "boundary-search iterations", 1, 200),
                 Param("restarts", "int", 1, "boundary-search restarts", 1, 10),
@@ -336,12 +369,25 @@ METHODS: dict[str, MethodCard] = {
                 Param("lam_robust", "float", 1000.0, "λ, weight of the boundary term", 0.0, 1e5),
                 Param("freeze_bn", "bool", False, "boundary term with BN statistics frozen"),
             ),
+            paper_title=(
+                "Exploring and Exploiting Decision Boundary Dynamics for Adversarial Robustness"
+            ),
+            authors="Yuancheng Xu, Yanchao Sun, Micah Goldblum, Tom Goldstein, Furong Huang",
+            link="https://arxiv.org/abs/2302.03015",
+            venue="ICLR 2023",
         ),
         MethodCard(
             "pgd_at",
             "PGD adversarial training",
             "Madry et al., ICLR 2018",
             _ATTACK + (Param("random_start", "bool", True, "uniform random start"),),
+            paper_title="Towards Deep Learning Models Resistant to Adversarial Attacks",
+            authors=(
+                "Aleksander Madry, Aleksandar Makelov, Ludwig Schmidt, Dimitris Tsipras, "
+                "Adrian Vladu"
+            ),
+            link="https://arxiv.org/abs/1706.06083",
+            venue="ICLR 2018",
         ),
         MethodCard(
             "trades",
@@ -352,12 +398,25 @@ METHODS: dict[str, MethodCard] = {
                 Param("beta", "float", 6.0, "weight of the KL term", 0.0, 100.0),
                 Param("label_smoothing", "float", 0.0, "label smoothing of the CE", 0.0, 0.5),
             ),
+            paper_title="Theoretically Principled Trade-off between Robustness and Accuracy",
+            authors=(
+                "Hongyang Zhang, Yaodong Yu, Jiantao Jiao, Eric P. Xing, Laurent El Ghaoui, "
+                "Michael I. Jordan"
+            ),
+            link="https://arxiv.org/abs/1901.08573",
+            venue="ICML 2019",
         ),
         MethodCard(
             "mart",
             "MART",
             "Wang et al., ICLR 2020",
             _ATTACK + (Param("beta", "float", 6.0, "weight of the KL term", 0.0, 100.0),),
+            paper_title=(
+                "Improving Adversarial Robustness Requires Revisiting Misclassified Examples"
+            ),
+            authors="Yisen Wang, Difan Zou, Jinfeng Yi, James Bailey, Xingjun Ma, Quanquan Gu",
+            link="https://openreview.net/forum?id=rklOg6EFwS",
+            venue="ICLR 2020",
         ),
     )
 }
@@ -388,7 +447,14 @@ TRAIN_PARAMS: dict[str, Param] = {
             choices=NORMS,
         ),
         Param("augment", "bool", True, "random crop with padding (+ flip on colour sets)"),
-        Param("val_size", "int", 1024, "training images held out for validation", 0, 50000),
+        Param(
+            "val_size",
+            "int",
+            None,
+            "training images held out for validation (default: the dataset's)",
+            0,
+            50000,
+        ),
         Param("val_pgd_steps", "int", 40, "PGD steps of the per-epoch validation", 1, 200),
         Param("seed", "int", 0, "random seed", 0, 2**31 - 1),
         Param(
@@ -421,6 +487,8 @@ def resolve_default(param: Param, dataset: DatasetCard) -> Any:
         return param.eps_scale * dataset.eps
     if param.name == "eval_eps":
         return list(dataset.eval_eps)
+    if param.name == "val_size":
+        return dataset.val_size
     return param.default
 
 
@@ -531,7 +599,43 @@ def validate_job(
         errors.append(("hparams", f"expected an object, got {hparams!r}"))
         hparams = {}
     resolved["hparams"] = _resolve_hparams(METHODS[names["method"]], data, hparams, errors)
+    _check_sizes(resolved, data, errors)
+    if data_dir is not None and isinstance(resolved["extra_data_frac"], float):
+        generated = Path(data_dir) / "generated" / f"{data.name}.npz"
+        if resolved["extra_data_frac"] > 0 and not generated.is_file():
+            errors.append(
+                (
+                    "extra_data_frac",
+                    f"{resolved['extra_data_frac']} asks for generated data, but there is no "
+                    f"{generated} (arrays 'image' uint8 NHWC and 'label')",
+                )
+            )
     return resolved, errors
+
+
+def _check_sizes(
+    resolved: dict[str, Any], data: DatasetCard, errors: list[tuple[str, str]]
+) -> None:
+    """The validation part and one batch must fit in the dataset's training images."""
+    val, batch = resolved["val_size"], resolved["batch_size"]
+    if not data.n_train or any(f in ("val_size", "batch_size") for f, _ in errors):
+        return  # each is told once: an out-of-range value first
+    if val >= data.n_train:
+        errors.append(
+            (
+                "val_size",
+                f"{val} leaves no training images: {data.name} has {data.n_train}; "
+                f"choose at most {data.n_train - 1}",
+            )
+        )
+    elif batch > data.n_train - val:
+        errors.append(
+            (
+                "batch_size",
+                f"{batch} is more than the {data.n_train - val} training images left after "
+                f"val_size {val} on {data.name}; an epoch needs one full batch",
+            )
+        )
 
 
 def _resolve_hparams(

@@ -6,6 +6,7 @@ const slug = (field) => field.replace(/[^a-zA-Z0-9_-]/g, "-");
 
 function defaultOf(param, dataset) {
   if (param.default === null && param.eps_scale) return +(param.eps_scale * dataset.eps).toPrecision(6);
+  if (param.name === "val_size" && param.default === null) return dataset.val_size;
   if (param.name === "eval_eps" && param.default === null) return dataset.eval_eps.map((e) => +e.toPrecision(6)).join(", ");
   if (Array.isArray(param.default)) return param.default.join(", ");
   return param.default;

@@ -42,7 +42,7 @@ def test_create_job_rejects_train_param_out_of_range(client, name):
         ("clean", "label_smoothing", 0.6, "hparams.label_smoothing: 0.6 is above the maximum 0.5"),
         ("dyart", "r0", 5.0, "hparams.r0: 5.0 is above the maximum 4.0"),
         ("dyart", "iterations", 0, "hparams.iterations: 0 is below the minimum 1"),
-        ("dyart", "norm", "l1", "hparams.norm: 'l1' is not one of linf, l2"),
+        ("dyart", "norm", "l2", "hparams.norm: 'l2' is not one of linf"),
         ("pgd_at", "steps", 201, "hparams.steps: 201 is above the maximum 200"),
         ("trades", "beta", -1, "hparams.beta: -1.0 is below the minimum 0.0"),
         ("mart", "eps", 1.5, "hparams.eps: 1.5 is above the maximum 1.0"),

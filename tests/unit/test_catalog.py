@@ -45,6 +45,13 @@ def test_validate_job_fills_every_default():
             "eval_eps",
             "eval_eps: at most 20 values are allowed, got 21",
         ),
+        ({"val_size": 8000}, "val_size", "8000 leaves no training images: mnist10k has 8000"),
+        (
+            {"val_size": 7000, "batch_size": 1024},
+            "batch_size",
+            "1024 is more than the 1000 training images left after val_size 7000 on mnist10k",
+        ),
+        ({"hparams": {"norm": "l2"}}, "hparams.norm", "hparams.norm: 'l2' is not one of linf"),
         (
             {"dataset": "digits", "architecture": "wide_resnet_28_10"},
             "architecture",
@@ -102,3 +109,23 @@ def test_non_finite_numbers_are_refused_for_every_numeric_field():
     assert errors == [
         ("hparams.iterations", "hparams.iterations: expected a finite number, got inf")
     ]
+
+
+def test_validation_part_defaults_to_the_datasets_own_size():
+    sizes = {}
+    for name in ("mnist10k", "digits", "synthetic"):
+        spec = {**BASE, "dataset": name, "architecture": "mlp"}
+        resolved, errors = catalog.validate_job(spec)
+        assert errors == []
+        sizes[name] = resolved["val_size"]
+    assert sizes == {"mnist10k": 1024, "digits": 256, "synthetic": 64}
+
+
+def test_generated_data_is_required_at_submission_when_asked_for(tmp_path):
+    spec = {**BASE, "extra_data_frac": 0.3}
+    _, errors = catalog.validate_job(spec, data_dir=tmp_path)
+    assert [f for f, _ in errors] == ["extra_data_frac"]
+    assert str(tmp_path / "generated" / "mnist10k.npz") in errors[0][1]
+    (tmp_path / "generated").mkdir()
+    (tmp_path / "generated" / "mnist10k.npz").write_bytes(b"")
+    assert catalog.validate_job(spec, data_dir=tmp_path)[1] == []
