@@ -3,10 +3,13 @@ the models in db.models match the head schema exactly (autogenerate sees no diff
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from db.models import Base
 from db.session import downgrade_database, engine_for_url, upgrade_database
@@ -57,3 +60,80 @@ def test_upgrade_downgrade_upgrade(empty_database):
 def test_models_match_head(empty_database):
     upgrade_database(empty_database)
     assert _diff(empty_database) == []
+
+
+CHILD_TABLES = ("job_log", "job_metric", "checkpoint", "evaluation")
+
+
+def _add_job_with_children(url: str) -> None:
+    from db.models import Checkpoint, Evaluation, Job, JobLog, JobMetric, User
+    from db.session import make_session_factory
+
+    engine = engine_for_url(url)
+    try:
+        with make_session_factory(engine)() as session:
+            user = User(name="ann")
+            session.add(user)
+            session.flush()
+            job = Job(owner_id=user.id, method="dyart", dataset="digits", config={})
+            session.add(job)
+            session.flush()
+            session.add_all(
+                [
+                    JobLog(job_id=job.id, message="hello"),
+                    JobMetric(job_id=job.id, stage="train", epoch=1, train_loss=0.5),
+                    Checkpoint(job_id=job.id, kind="latest", path="x/latest.pt", size=1, sha256=""),
+                    Evaluation(job_id=job.id, preset="fast", n=10, eps=[0.1]),
+                ]
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    engine = engine_for_url(url)
+    try:
+        with engine.connect() as conn:
+            return {
+                t: conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()
+                for t in ("job", *CHILD_TABLES)
+            }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("previous", ["0002", "0001"])
+def test_downgrade_and_upgrade_keep_a_jobs_rows(empty_database, previous):
+    # SQLite alters `job` by copying it to a new table and dropping the old one; with
+    # foreign keys on, that drop cascades to every log line, metric and checkpoint.
+    upgrade_database(empty_database)
+    _add_job_with_children(empty_database)
+    before = _row_counts(empty_database)
+    assert before == dict.fromkeys(before, 1)
+
+    downgrade_database(empty_database, previous)
+    assert _row_counts(empty_database) == before
+    upgrade_database(empty_database)
+    assert _row_counts(empty_database) == before
+    assert _diff(empty_database) == []
+
+
+def test_a_migration_leaving_a_broken_reference_is_rolled_back_on_sqlite(tmp_path):
+    # With foreign keys off during a migration, SQLite's foreign_key_check is what
+    # notices a dangling row; the whole migration (DDL included) then rolls back.
+    url = f"sqlite:///{tmp_path}/orphan.db"
+    upgrade_database(url)
+    with closing(sqlite3.connect(tmp_path / "orphan.db")) as conn, conn:
+        conn.execute("INSERT INTO job_log (job_id, ts, level, message) VALUES ('x', 0, 'I', '')")
+
+    with pytest.raises(Exception, match=r"1 row\(s\) referring to missing rows \(job_log row 1"):
+        downgrade_database(url, "0001")
+
+    engine = engine_for_url(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+    finally:
+        engine.dispose()
+    assert _diff(url) == []
