@@ -73,10 +73,19 @@ class _Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         act = self.relu_0(self.batchnorm_0(x))
-        pad = (1, 1, 1, 1) if self.stride == 1 else (0, 1, 0, 1)
-        out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(F.pad(act, pad)))))
+        out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(F.pad(act, self._pad(act))))))
         skip = self.shortcut(act) if self.shortcut is not None else x
         return skip + out
+
+    def _pad(self, x: Tensor) -> tuple[int, int, int, int]:
+        """TensorFlow's ``SAME`` padding, as RobustBench's block does by hand: (1, 1) at
+        stride 1; at stride 2, (0, 1) on an even side (RobustBench's fixed padding, so
+        32x32 models stay bit-identical) and (1, 1) on an odd one, where (0, 1) would
+        give the main path one pixel fewer than the 1x1 shortcut."""
+        if self.stride == 1:
+            return (1, 1, 1, 1)
+        height, width = x.shape[-2:]  # Python ints: no host sync
+        return (width % 2, 1, height % 2, 1)
 
 
 class _BlockGroup(nn.Module):

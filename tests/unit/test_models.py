@@ -97,3 +97,14 @@ def test_robustbench_layout_of_the_silu_wide_resnet():
     assert "mean" not in keys and not any(k.startswith("net.") for k in keys)
     with pytest.raises(TypeError, match="only WideResNet-SiLU"):
         to_robustbench_state_dict(build_model("mlp", num_classes=10, in_channels=1, image_size=8))
+
+
+@pytest.mark.parametrize("size", [17, 30])
+def test_silu_wide_resnet_runs_at_sizes_not_divisible_by_four(size):
+    """An odd side halves to one pixel more on the shortcut than on a (0, 1)-padded
+    main path; the block pads (1, 1) there, and RobustBench's (0, 1) on even sides."""
+    model = build_model("wide_resnet_16_4_silu", num_classes=10, in_channels=3, image_size=size)
+    assert model.eval()(torch.rand(2, 3, size, size)).shape == (2, 10)
+    block = model.net.layer[1].block[0]
+    assert block._pad(torch.zeros(1, 1, 32, 32)) == (0, 1, 0, 1)  # RobustBench's, unchanged
+    assert block._pad(torch.zeros(1, 1, 17, 16)) == (0, 1, 1, 1)
