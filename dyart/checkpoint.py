@@ -169,10 +169,37 @@ def read_card(card_path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint: model card {card_path} is not valid JSON ({exc})"
         ) from exc
+    if not isinstance(card, dict):
+        raise CheckpointError(
+            f"checkpoint: {card_path} is not a model card (a JSON {type(card).__name__}, "
+            "not an object)"
+        )
     missing = [k for k in ("format", "build_model", "sha256") if k not in card]
-    if not isinstance(card, dict) or missing:
+    if missing:
         raise CheckpointError(f"checkpoint: {card_path} is not a model card (missing {missing})")
+    _check_card_fields(card, card_path)
     return card
+
+
+def _check_card_fields(card: dict[str, Any], card_path: Path) -> None:
+    """The fields :func:`load_model` relies on have the types it needs."""
+
+    def refuse(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint: model card {card_path}: {field}: {problem}")
+
+    if not isinstance(card["sha256"], str):
+        raise refuse("sha256", f"expected a hex string, got {card['sha256']!r}")
+    spec = card["build_model"]
+    if not isinstance(spec, dict):
+        raise refuse("build_model", f"expected an object, got {type(spec).__name__}")
+    if not isinstance(spec.get("name"), str):
+        raise refuse("build_model.name", f"expected an architecture name, got {spec.get('name')!r}")
+    # the weights must sit beside the card: a path could load a file from anywhere
+    raw = card.get("weights")
+    if "weights" in card and not (
+        isinstance(raw, str) and raw not in ("", ".", "..") and Path(raw).name == raw
+    ):
+        raise refuse("weights", f"expected a file name in the card's folder, got {raw!r}")
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -186,11 +213,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Mo
         The model in eval mode.
 
     Raises:
-        CheckpointError: the card is missing or malformed, the weights file is
-            missing, not safetensors, has a different sha256 than the card, or
-            does not fit the architecture the card names.
+        CheckpointError: the card is missing or malformed (not a JSON object, a
+            field of the wrong type, a ``weights`` entry that is not a file name in
+            the card's folder, ``build_model`` arguments the architecture does not
+            take), the weights file is missing, not safetensors, has a different
+            sha256 than the card, or does not fit the architecture the card names.
     """
-    weights_path, card = _resolve_pair(Path(path))
+    weights_path, card_path, card = _resolve_pair(Path(path))
     blob = weights_path.read_bytes()
     digest = hashlib.sha256(blob).hexdigest()
     if digest != card["sha256"]:
@@ -202,7 +231,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Mo
     from dyart.models import build_model
 
     spec = dict(card["build_model"])
-    model = build_model(spec.pop("name"), **spec)
+    try:
+        model = build_model(spec.pop("name"), **spec)
+    except (TypeError, ValueError) as exc:  # an unknown or ill-typed constructor argument
+        raise CheckpointError(
+            f"checkpoint: model card {card_path}: build_model: "
+            f"cannot build {card['build_model']['name']!r} from {spec} ({exc})"
+        ) from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
@@ -214,18 +249,19 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Mo
     return model.to(device).eval()
 
 
-def _resolve_pair(path: Path) -> tuple[Path, dict[str, Any]]:
+def _resolve_pair(path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """(weights file, card file, card) for a ``.safetensors`` or ``.json`` path."""
     if path.suffix == ".json":
-        card = read_card(path)
+        card_path, card = path, read_card(path)
         weights = path.parent / card.get("weights", path.with_suffix(".safetensors").name)
     else:
         if not path.is_file():
             raise CheckpointError(f"checkpoint: {path} does not exist")
-        card = read_card(path.with_suffix(".json"))
-        weights = path
-    if weights.name != Path(weights.name).name or not weights.is_file():
+        card_path = path.with_suffix(".json")
+        card, weights = read_card(card_path), path
+    if not weights.is_file():
         raise CheckpointError(f"checkpoint: weights file {weights} does not exist")
-    return weights, card
+    return weights, card_path, card
 
 
 def _parse_safetensors(blob: bytes, path: Path) -> dict[str, torch.Tensor]:

@@ -106,6 +106,54 @@ def test_load_model_refuses_weights_of_another_architecture(tmp_path):
         dyart.load_model(card_path)
 
 
+def _rewrite_card(card_path, **fields):
+    card = json.loads(card_path.read_text())
+    card.update(fields)
+    card_path.write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize("where", ["../elsewhere/model-best.safetensors", "ABSOLUTE"])
+def test_load_model_refuses_a_card_whose_weights_are_not_beside_it(tmp_path, where):
+    """A card names a file in its own folder; a path would load weights from anywhere."""
+    (tmp_path / "elsewhere").mkdir()
+    _, weights, _ = _save(tmp_path / "elsewhere")
+    (tmp_path / "here").mkdir()
+    _, _, card_path = _save(tmp_path / "here")
+    where = str(weights) if where == "ABSOLUTE" else where
+    _rewrite_card(card_path, weights=where)
+    with pytest.raises(CheckpointError, match=rf"{card_path.name}: weights: expected a file name"):
+        dyart.load_model(card_path)
+
+
+@pytest.mark.parametrize("text", ["5", "null", '"a card"', "[1, 2]"])
+def test_load_model_refuses_a_card_that_is_not_a_json_object(tmp_path, text):
+    _, weights, card_path = _save(tmp_path)
+    card_path.write_text(text)
+    with pytest.raises(CheckpointError, match=rf"{card_path.name} is not a model card"):
+        dyart.load_model(weights)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"build_model": {k: v for k, v in SPEC.items() if k != "name"}}, "build_model.name"),
+        ({"build_model": "small_cnn"}, "build_model: expected an object, got str"),
+        ({"build_model": {**SPEC, "dropout": 0.5}}, "build_model: cannot build 'small_cnn'"),
+        ({"build_model": {**SPEC, "num_classes": "four"}}, "build_model: cannot build"),
+        ({"build_model": {**SPEC, "name": "vgg16"}}, "build_model: cannot build 'vgg16'"),
+        ({"sha256": 5}, "sha256: expected a hex string"),
+        ({"weights": ["model-best.safetensors"]}, "weights: expected a file name"),
+        ({"weights": None}, "weights: expected a file name"),
+    ],
+)
+def test_load_model_names_the_card_and_field_of_a_malformed_card(tmp_path, fields, message):
+    _, weights, card_path = _save(tmp_path)
+    _rewrite_card(card_path, **fields)
+    for path in (weights, card_path):
+        with pytest.raises(CheckpointError, match=rf"model card .*{card_path.name}: {message}"):
+            dyart.load_model(path)
+
+
 def test_update_card_adds_results(tmp_path):
     _, _, card_path = _save(tmp_path)
     checkpoint.update_card(card_path, autoattack={"preset": "fast"})
