@@ -108,6 +108,7 @@ class WideResNetSiLU(nn.Module):
     def __init__(self, depth: int, width: int, channels: int, classes: int, norm: str = "bn"):
         super().__init__()
         n = _blocks_per_group(depth)
+        self.depth, self.width = depth, width  # RobustBench's constructor takes them
         widths = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
         self.layer = nn.Sequential(
