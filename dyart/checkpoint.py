@@ -18,7 +18,6 @@ crash leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -32,7 +31,8 @@ from torch import nn
 
 import dyart
 from dyart.errors import CheckpointError
-from dyart.files import atomic_write, file_sha256
+from dyart.files import atomic_write
+from dyart.files import file_sha256 as file_sha256  # bench/ reads it from here
 
 CARD_FORMAT = "dyart-model-card/1"
 
@@ -273,24 +273,6 @@ def _parse_safetensors(blob: bytes, path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint: {path} is not a safetensors file ({exc})") from exc
 
 
-def save_robustbench(path: str | Path, model: nn.Module, entry: dict[str, Any]) -> Path:
-    """Write a WideResNet-SiLU model in RobustBench's layout and its model entry JSON.
-
-    ``path`` is the ``.pt`` state dict RobustBench loads (a plain tensor dict,
-    loadable with ``weights_only=True``); the entry goes to ``<stem>.entry.json``.
-    """
-    from dyart.models.robustbench import to_robustbench_state_dict
-
-    path = Path(path)
-    state = {k: v.detach().cpu() for k, v in to_robustbench_state_dict(model).items()}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
-    entry = {**entry, "file": path.name, "sha256": file_sha256(path)}
-    atomic_write(path.with_suffix(".entry.json"), lambda f: f.write(_json_bytes(entry)))
-    return path
-
-
 def model_card(
     config: Any,
     build_spec: dict[str, Any],
@@ -320,26 +302,6 @@ def model_card(
         "best": dict(best),
         "versions": {"dyart": dyart.__version__, "torch": torch.__version__},
         "autoattack": None,
-    }
-
-
-def robustbench_entry(config: Any) -> dict[str, Any]:
-    """A RobustBench model-entry JSON (numbers filled once AutoAttack has run)."""
-    eps = config.dataset_card.eps
-    return {
-        "name": f"DyART {config.architecture} ({config.dataset})",
-        "paper": "Exploring and Exploiting Decision Boundary Dynamics for Adversarial Robustness",
-        "link": "https://arxiv.org/abs/2302.03015",
-        "venue": "ICLR 2023",
-        "architecture": config.architecture,
-        "dataset": config.dataset,
-        "threat_model": "Linf",
-        "eps": f"{round(eps * 255)}/255",
-        "additional_data": config.extra_data_frac > 0,
-        "number_forward_passes": 1,
-        "clean_acc": None,
-        "autoattack_acc": None,
-        "method": config.method,
     }
 
 

@@ -415,17 +415,14 @@ class Trainer:
         self.callbacks.on_evaluation(result)
 
     def _fill_robustbench_entry(self, kind: str, result: dict[str, Any]) -> None:
-        """Put the AutoAttack numbers at the dataset's eps into the RobustBench entry."""
+        """Put a leaderboard-grade AutoAttack result into the RobustBench entry; any other
+        result leaves its numbers null, and its footnote says why."""
+        from dyart.models import robustbench
+
         path = self.out_dir / f"model-{kind}-robustbench.entry.json"
-        eps = self.data.card.eps
-        row = next((r for r in result["results"] if abs(r["eps"] - eps) < 1e-9), None)
-        if path.is_file() and row is not None and result["preset"] == "standard":
-            entry = json.loads(path.read_text())
-            entry["clean_acc"] = f"{100 * row['clean_acc']:.2f}"
-            entry["autoattack_acc"] = f"{100 * row['robust_acc']:.2f}"
-            entry["n_eval"] = result["n"]
-            data = json.dumps(entry, indent=2).encode()
-            checkpoint.atomic_write(path, lambda f: f.write(data))
+        if path.is_file():
+            entry = robustbench.with_results(json.loads(path.read_text()), self.config, result)
+            robustbench.write_entry(path, entry)
 
     # --- pieces -----------------------------------------------------------------
 
@@ -594,11 +591,11 @@ class Trainer:
             self.config, self._build_spec(), kind, run.name, run.epoch, run.best
         )
         path, _ = checkpoint.save_model(self._model_path(kind), model, card)
-        if _has_robustbench_layout(self.config.architecture) and kind in ("best", "final"):
-            entry = checkpoint.robustbench_entry(self.config)
-            checkpoint.save_robustbench(
-                path.with_name(f"model-{kind}-robustbench.pt"), model, entry
-            )
+        if kind in ("best", "final") and _has_robustbench_layout(self.config):
+            from dyart.models import robustbench
+
+            bench = path.with_name(f"model-{kind}-robustbench.pt")
+            robustbench.save(bench, model, robustbench.entry(self.config, model))
         return path
 
     def _summary(self) -> dict[str, Any]:
@@ -679,8 +676,11 @@ def _non_finite_tensors(model: nn.Module) -> list[str]:
     return [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
-def _has_robustbench_layout(architecture: str) -> bool:
-    return architecture.startswith("wide_resnet") and architecture.endswith("_silu")
+def _has_robustbench_layout(config: TrainConfig) -> bool:
+    """Whether RobustBench's WideResNet loads this run's model (see dyart.models.robustbench)."""
+    from dyart.models import robustbench
+
+    return robustbench.fits(config) is None
 
 
 def _progress(run: StageRun, batches: Any) -> Any:
