@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "(a broker that lost or never got the message).",
     )
     worker_queue: str = Field("celery", description="Celery queue the worker consumes.")
+    worker_alive_file: Path = Field(
+        Path(""),
+        description="File a worker touches every `sweep_seconds` while it runs, training or "
+        "not; `python -m worker.alive` checks its age (default `{home}/worker.alive`).",
+    )
     auth: Literal["auto", "required", "off"] = Field(
         "auto",
         description="Bearer-token auth: `auto` = required unless `host` is loopback; "
@@ -110,10 +115,15 @@ class Settings(BaseSettings):
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
-        for name in ("artifacts_dir", "data_dir"):
+        paths = {
+            "artifacts_dir": home / "artifacts",
+            "data_dir": home / "data",
+            "worker_alive_file": home / "worker.alive",
+        }
+        for name, default in paths.items():
             value = getattr(self, name)
-            folder = home / name.removesuffix("_dir") if str(value) in ("", ".") else value
-            object.__setattr__(self, name, Path(folder).expanduser().resolve())
+            path = default if str(value) in ("", ".") else value
+            object.__setattr__(self, name, Path(path).expanduser().resolve())
         self._check_safety()
         return self
 
@@ -147,9 +157,19 @@ def reset_settings() -> None:
     get_settings.cache_clear()
 
 
+FROM_HOME = (
+    "database_url",
+    "broker_url",
+    "result_backend",
+    "artifacts_dir",
+    "data_dir",
+    "worker_alive_file",
+)
+
+
 def _default_text(name: str, field: Any) -> str:
     default = field.default
-    if name in ("database_url", "broker_url", "result_backend", "artifacts_dir", "data_dir"):
+    if name in FROM_HOME:
         return "(from `home`)"
     return f"`{default}`"
 

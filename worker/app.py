@@ -19,8 +19,9 @@ Reliability settings (DESIGN.md §4, Celery's task guidance):
 A warm shutdown (SIGTERM) hands a running job over: the trainer saves its state
 at the next step and the job is queued again for another worker, its attempt
 not counted (this works where the task runs in the worker's main process, the
-``solo`` pool; in a ``prefork`` child the job runs on until the shutdown's
-grace period ends, and the sweep requeues it once its heartbeat is stale).
+``solo`` pool, which the worker image and docker-compose.yml use; in a
+``prefork`` child the job runs on until the shutdown's grace period ends, and the
+sweep requeues it once its heartbeat is stale).
 
 The stale-job sweep runs inside every worker process as a daemon thread (see
 :mod:`worker.sweep`), started when the worker is ready: it needs no beat process

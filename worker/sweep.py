@@ -16,6 +16,9 @@ Every ``sweep_seconds`` it
   to 8 times ``resend_after_seconds`` (``db.jobs.resend_interval``), so a job
   merely waiting in a long queue gains a few messages, not one per interval.
 
+Each pass first touches ``worker_alive_file`` (the health check's sign of life,
+:mod:`worker.alive`).
+
 Several workers may sweep at once: each change is a conditional UPDATE, so a
 job is requeued once, and a task sent twice finds the lease and exits.
 """
@@ -32,6 +35,7 @@ from celery import Celery
 from db import evaluations, jobs
 from db.models import utcnow
 from db.settings import Settings
+from worker import alive
 
 log = logging.getLogger("worker.sweep")
 RUN_JOB = "worker.run_job"
@@ -103,6 +107,10 @@ def _loop(app: Celery, settings: Settings) -> None:
 
     clock = OutageClock(settings.stale_after_seconds, utcnow())
     while not _stop.is_set():
+        try:  # the container's health check reads this file's age (worker.alive)
+            alive.touch(settings.worker_alive_file)
+        except OSError as exc:
+            log.warning("could not touch %s: %s", settings.worker_alive_file, exc)
         try:
             with session_factory()() as session:
                 sweep_once(session, app, settings, clock.began)
