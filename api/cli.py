@@ -17,13 +17,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from db.settings import Settings, get_settings
+from db.settings import ENV_PREFIX, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,16 +41,46 @@ def migrate(settings: Settings) -> None:
     upgrade_database(settings.database_url)
 
 
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The worker child's environment: ours, with every setting as the API resolved it.
+
+    The child gets each ``DYART_*`` value spelled out (home, URLs and folders made
+    absolute), so a relative ``DYART_HOME`` or a ``.env`` file cannot make it read
+    another database than the API's.
+    """
+    resolved = {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in settings}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **resolved, "PYTHONPATH": path}
+
+
 def start_worker(settings: Settings) -> subprocess.Popen:
-    """One real Celery worker process beside the API (the embedded mode)."""
+    """One real Celery worker process beside the API (the embedded mode).
+
+    It runs in our working directory (PYTHONPATH finds this checkout's packages).
+    """
     command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
     command += ["--loglevel", "INFO", "--concurrency", "1", "--pool", "solo"]
     command += ["--without-gossip", "--without-mingle", "--hostname", "embedded@%h"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.Popen(command, cwd=ROOT, env=env, preexec_fn=_die_with_parent())
+    env = worker_environment(settings)
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent())
+
+
+class WorkerWatch:
+    """Stops the server when its worker exits on its own: a server whose worker died
+    would accept jobs that stay queued for ever. ``exit_code`` says it happened."""
+
+    def __init__(self, worker: subprocess.Popen, server: Any):
+        self.worker, self.server = worker, server
+        self.exit_code: int | None = None
+        self.stopping = False
+        threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        code = self.worker.wait()
+        # should_exit: the server was told to stop (Ctrl-C reaches the worker too)
+        if not self.stopping and not self.server.should_exit:
+            self.exit_code = code
+            self.server.should_exit = True
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -80,7 +111,8 @@ def stop_worker(worker: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
-    """Migrate, start the worker, run uvicorn; stop the worker when uvicorn ends.
+    """Migrate, start the worker, run uvicorn; stop the worker when uvicorn ends, and
+    stop uvicorn (exit 1) when the worker ends on its own.
 
     With ``demo``, also submit the demo job (once per database) and print its
     progress and, at its end, where its checkpoint and results are.
@@ -102,17 +134,27 @@ def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
         from api import demo as demo_job
 
         demo_job.start(f"http://127.0.0.1:{settings.port}", Path(settings.artifacts_dir))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
+    )
+    watch = WorkerWatch(worker, server) if worker is not None else None
     # uvicorn shuts down on SIGTERM and then raises the signal again; by default that
     # would end this process before the ``finally`` stopped the worker
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        server.run()
     except _Terminated:
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if worker is not None:
+        if worker is not None and watch is not None:
+            watch.stopping = True
             stop_worker(worker)
+    if watch is not None and watch.exit_code is not None:
+        raise CliError(
+            f"the worker process exited (code {watch.exit_code}), so the server stopped "
+            "too: queued jobs would wait for ever; its output above says why"
+        )
 
 
 class _Terminated(Exception):

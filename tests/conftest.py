@@ -232,12 +232,12 @@ def subprocess_env(service_env: dict[str, str], **overrides: str) -> dict[str, s
 class ServiceProcess:
     """A service subprocess in its own process group, its output in ``log_path``."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT):
         self.command, self.log_path = command, log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
