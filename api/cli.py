@@ -7,7 +7,8 @@
     dyart-service admin revoke-token PREFIX
     dyart-service admin list-users
 
-Settings come from DYART_* environment variables (db.settings.Settings).
+Settings come from DYART_* environment variables (db.settings.Settings). A failure
+is one line on stderr naming what to change: exit 2 for invalid settings, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.settings import ENV_PREFIX, Settings, get_settings
+from db.settings import ENV_PREFIX, Settings, get_settings, settings_error_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,9 +169,46 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
+def _database(settings: Settings) -> str:
+    """The database URL as we may print it (no password)."""
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def require_schema(settings: Settings) -> None:
+    """Refuse a database that does not exist or lacks this version's schema, with the cure.
+
+    Checked before connecting: SQLite would otherwise create an empty file.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from db.session import alembic_config, engine_for_url
+
+    url = make_url(settings.database_url)
+    path = url.database if url.get_backend_name() == "sqlite" else None
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise CliError(
+            f"there is no database at {path} (DYART_HOME / DYART_DATABASE_URL): "
+            "create it with: dyart-service migrate"
+        )
+    head = ScriptDirectory.from_config(alembic_config(settings.database_url)).get_current_head()
+    engine = engine_for_url(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise CliError(
+            f"the database {_database(settings)} has schema revision {current or 'none'}, "
+            f"this version needs {head}: run dyart-service migrate"
+        )
+
+
 def _session(settings: Settings) -> Any:
     from db.session import make_engine, make_session_factory
 
+    require_schema(settings)
     return make_session_factory(make_engine(settings))()
 
 
@@ -253,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, settings: Settings) -> None:
     if args.verb == "serve":
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        serve(settings.model_copy(update=overrides), not args.no_worker, args.demo)
+        # validated again, as if set by DYART_HOST/DYART_PORT: --host 0.0.0.0 with
+        # DYART_AUTH=off is refused like DYART_HOST=0.0.0.0 is (model_copy checks nothing)
+        settings = Settings.model_validate({**settings.model_dump(), **overrides})
+        serve(settings, not args.no_worker, args.demo)
     elif args.verb == "migrate":
         migrate(settings)
         print("database schema is up to date")
@@ -268,11 +312,27 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a failure is one line on stderr (exit 2: settings, 1: the rest)."""
     args = build_parser().parse_args(argv)
+    settings = None
     try:
-        run(args, get_settings())
+        settings = get_settings()
+        run(args, settings)
+    except ValidationError as exc:
+        for line in settings_error_lines(exc):
+            print(f"dyart-service: {line}", file=sys.stderr)
+        return 2
     except CliError as exc:
         print(f"dyart-service: {exc}", file=sys.stderr)
+        return 1
+    except (OperationalError, InterfaceError) as exc:  # unreachable, refused, locked...
+        assert settings is not None  # only commands with settings touch the database
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        print(
+            f"dyart-service: cannot use the database {_database(settings)} "
+            f"(DYART_DATABASE_URL): {reason}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -17,10 +17,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 ENV_PREFIX = "DYART_"
+URL_EXAMPLES = {
+    "database_url": "sqlite:////abs/path/dyart.db or postgresql+psycopg://user:pass@host/db",
+    "broker_url": "redis://host:6379/0 or sqla+sqlite:////abs/path/broker.db",
+    "result_backend": "redis://host:6379/1 or db+sqlite:////abs/path/results.db",
+}
 
 
 def is_loopback(host: str) -> bool:
@@ -103,6 +110,25 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
 
+    @field_validator(*URL_EXAMPLES)
+    @classmethod
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        name = str(info.field_name)
+        try:
+            url = make_url(value)
+            if name == "database_url":
+                url.get_dialect()  # the dialect module only: no connection, no driver import
+        except NoSuchModuleError:  # a subclass of ArgumentError: first
+            raise ValueError(
+                f"no SQLAlchemy database is called {url.drivername!r}; "
+                f"expected e.g. {URL_EXAMPLES[name]}"
+            ) from None
+        except ArgumentError:
+            raise ValueError(f"not a URL; expected e.g. {URL_EXAMPLES[name]}") from None
+        return value
+
     @model_validator(mode="after")
     def _fill_and_check(self) -> Settings:
         home = Path(self.home).expanduser().resolve()
@@ -144,6 +170,26 @@ class Settings(BaseSettings):
     def lease_seconds(self) -> float:
         """How long a worker's claim on a job lasts without renewal."""
         return self.stale_after_seconds
+
+
+SECRET_FIELDS = frozenset(URL_EXAMPLES)  # may hold a password: never echoed
+
+
+def settings_error_lines(error: ValidationError) -> list[str]:
+    """One line per invalid setting, naming its ``DYART_*`` variable (not the field)
+    and what was expected: what the CLI and the worker print instead of a traceback."""
+    lines = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:  # a check across settings: its message names the variables
+            lines.append(message)
+            continue
+        field = str(item["loc"][0])
+        value = "" if field in SECRET_FIELDS else f"={item['input']!r}"
+        if message[1:2].islower():  # "Input should be" -> "input should be"
+            message = message[:1].lower() + message[1:]
+        lines.append(f"{ENV_PREFIX}{field.upper()}{value} is not valid: {message}")
+    return lines
 
 
 @lru_cache(maxsize=1)
