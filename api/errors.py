@@ -66,6 +66,12 @@ class StateConflictError(ApiError):
     status = 409
 
 
+class VersionReplacedError(ApiError):
+    """A download asked for one version of a file (``sha256=``) that has been replaced."""
+
+    status = 412
+
+
 class RangeNotSatisfiableError(ApiError):
     """A Range header that asks for bytes outside the file."""
 

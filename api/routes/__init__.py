@@ -15,6 +15,10 @@ _ERRORS: dict[int, dict[str, Any]] = {
     },
     404: {"model": ErrorPublic, "description": "no such id, or another user's"},
     409: {"model": ErrorPublic, "description": "not possible in the resource's state"},
+    412: {
+        "model": ErrorPublic,
+        "description": "the version asked for (sha256=) has been replaced; download anew",
+    },
     413: {"model": ErrorPublic, "description": "request body over the limit"},
     416: {"model": ErrorPublic, "description": "Range outside the file"},
     422: {"model": FieldErrorsPublic, "description": "invalid fields, each named"},

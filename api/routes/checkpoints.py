@@ -22,7 +22,7 @@ from sqlalchemy import select
 from starlette.types import Receive, Scope, Send
 
 from api.deps import OwnedCheckpoint, OwnedJob, SessionDep
-from api.errors import RangeNotSatisfiableError, ResourceNotFoundError
+from api.errors import RangeNotSatisfiableError, ResourceNotFoundError, VersionReplacedError
 from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import CheckpointPublic, CheckpointsPage
 from db.models import Checkpoint
@@ -57,14 +57,19 @@ def checkpoint_file(request: Request, checkpoint: Checkpoint, fmt: str) -> Path:
 
 
 def formats_of(request: Request, checkpoint: Checkpoint) -> dict[str, str]:
-    """Download URLs of the formats this checkpoint has on disk."""
+    """Download URLs of the formats this checkpoint has on disk, each naming the
+    version it was made for (``sha256=``): ``latest`` and ``best`` are replaced
+    every epoch, and a download resumed with such a URL (``curl -C -`` sends no
+    If-Range) is refused with a 412 instead of joining two versions' bytes."""
     out = {}
     for fmt in FORMATS:
         try:
-            checkpoint_file(request, checkpoint, fmt)
-        except ResourceNotFoundError:
+            path = checkpoint_file(request, checkpoint, fmt)
+            with path.open("rb") as f:
+                sha = DIGESTS.sha256(f)
+        except (ResourceNotFoundError, FileNotFoundError):
             continue
-        out[fmt] = f"/api/v1/checkpoints/{checkpoint.id}/download?format={fmt}"
+        out[fmt] = f"/api/v1/checkpoints/{checkpoint.id}/download?format={fmt}&sha256={sha}"
     return out
 
 
@@ -195,6 +200,14 @@ class FileStreamResponse(StreamingResponse):
 
 DOWNLOAD = "/checkpoints/{checkpoint_id}/download"
 FormatQuery = Annotated[Literal["safetensors", "card", "robustbench", "robustbench_entry"], Query()]
+VersionQuery = Annotated[
+    str | None,
+    Query(
+        pattern="^[0-9a-fA-F]{64}$",
+        description="the sha256 of the version to send (the listed URLs carry it): "
+        "412 if the file has been replaced since",
+    ),
+]
 
 
 def _open(request: Request, checkpoint: Checkpoint, fmt: str) -> tuple[Path, BinaryIO]:
@@ -206,11 +219,23 @@ def _open(request: Request, checkpoint: Checkpoint, fmt: str) -> tuple[Path, Bin
 
 
 def _response(
-    checkpoint: Checkpoint, request: Request, fmt: str, file: tuple[Path, BinaryIO], head: bool
+    checkpoint: Checkpoint,
+    request: Request,
+    fmt: str,
+    file: tuple[Path, BinaryIO],
+    head: bool,
+    version: str | None,
 ) -> Response:
     path, f = file
     size = os.fstat(f.fileno()).st_size
     sha = DIGESTS.sha256(f)  # of the bytes this answer streams, not the row's
+    if version is not None and version.lower() != sha:
+        raise VersionReplacedError(
+            f"the {fmt} file of checkpoint {checkpoint.id} has been replaced since this URL "
+            f"was made (sha256 {version[:12]}..., now {sha[:12]}...): a partial download of "
+            "it cannot be resumed; download it again from the start with the URL that "
+            f"GET /api/v1/jobs/{checkpoint.job_id}/checkpoints gives now"
+        )
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{sha}"',
@@ -232,14 +257,17 @@ def _response(
     return FileStreamResponse(f, start, end, status_code=status, headers=headers, media_type=media)
 
 
-def answer_download(request: Request, checkpoint: Checkpoint, fmt: str, head: bool) -> Response:
+def answer_download(
+    request: Request, checkpoint: Checkpoint, fmt: str, head: bool, version: str | None = None
+) -> Response:
     """The download's response (headers only for ``head``). The file is opened once,
     and its size, checksum and bytes all come from that open file: the trainer
     renames a new file over best/latest each epoch, and a second open could find
-    another file than the one measured."""
+    another file than the one measured. With ``version`` (a sha256) the answer is
+    412 unless the file is still that version."""
     file = _open(request, checkpoint, fmt)
     try:
-        return _response(checkpoint, request, fmt, file, head)
+        return _response(checkpoint, request, fmt, file, head, version)
     except BaseException:  # a bad range (416) or a failed read: nothing will stream it
         file[1].close()
         raise
@@ -248,25 +276,28 @@ def answer_download(request: Request, checkpoint: Checkpoint, fmt: str, head: bo
 @router.get(
     DOWNLOAD,
     response_class=StreamingResponse,
-    responses={206: {"description": "partial content"}, 416: {"description": "bad range"}},
+    responses={206: {"description": "partial content"}, **error_responses(412, 416)},
 )
 def download_checkpoint(
     checkpoint: OwnedCheckpoint,
     session: SessionDep,
     request: Request,
     format: FormatQuery = "safetensors",
+    sha256: VersionQuery = None,
 ) -> Response:
-    """Stream a checkpoint file; supports Range (resume), ETag and If-Range."""
-    response = answer_download(request, checkpoint, format, head=False)
+    """Stream a checkpoint file; supports Range (resume), ETag and If-Range, and with
+    ``sha256`` refuses (412) a version that has been replaced."""
+    response = answer_download(request, checkpoint, format, head=False, version=sha256)
     session.close()  # a slow download must not hold a database connection to its end
     return response
 
 
-@router.head(DOWNLOAD, response_class=Response)
+@router.head(DOWNLOAD, response_class=Response, responses=error_responses(412))
 def head_checkpoint(
     checkpoint: OwnedCheckpoint,
     request: Request,
     format: FormatQuery = "safetensors",
+    sha256: VersionQuery = None,
 ) -> Response:
     """A download's headers (size, ETag, checksum) without its body; Range is ignored."""
-    return answer_download(request, checkpoint, format, head=True)
+    return answer_download(request, checkpoint, format, head=True, version=sha256)

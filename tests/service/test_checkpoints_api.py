@@ -32,7 +32,34 @@ def test_list_checkpoints_gives_download_urls(client, checkpoint):
     assert item["id"] == checkpoint["id"] and item["kind"] == "final"
     assert item["size"] == SIZE and item["sha256"] == checkpoint["sha"]
     assert set(item["files"]) == {"safetensors", "card"}  # no robustbench file on disk
-    assert item["files"]["card"] == _url(checkpoint, "card")
+    assert item["files"]["safetensors"] == f"{_url(checkpoint)}&sha256={checkpoint['sha']}"
+    card = client().get(_url(checkpoint, "card")).content
+    card_sha = hashlib.sha256(card).hexdigest()
+    assert item["files"]["card"] == f"{_url(checkpoint, 'card')}&sha256={card_sha}"
+
+
+def test_a_listed_url_resumed_after_its_file_was_replaced_is_refused(client, checkpoint, settings):
+    """``curl -C -`` resumes with a Range and no If-Range: the listed URL names its
+    version, so a resume across an epoch's new ``latest`` gets a 412, not a splice."""
+    job = checkpoint["job"]["id"]
+    [item] = client().get(f"/api/v1/jobs/{job}/checkpoints").json()["items"]
+    url = item["files"]["safetensors"]
+    head = client().get(url, headers={"Range": "bytes=0-999"})
+    assert head.status_code == 206 and head.content == checkpoint["data"][:1000]
+    path = Path(settings.artifacts_dir) / job / "model-final.safetensors"
+    fresh, new = path.with_suffix(".tmp"), os.urandom(SIZE)
+    fresh.write_bytes(new)
+    os.replace(fresh, path)  # the next epoch's file
+    rest = client().get(url, headers={"Range": "bytes=1000-"})
+    assert rest.status_code == 412
+    assert "has been replaced since this URL was made" in rest.json()["detail"]
+    assert f"/api/v1/jobs/{job}/checkpoints" in rest.json()["detail"]
+    assert client().head(url).status_code == 412
+    [item] = client().get(f"/api/v1/jobs/{job}/checkpoints").json()["items"]
+    again = client().get(item["files"]["safetensors"])
+    assert again.status_code == 200 and again.content == new
+    bad = client().get(f"{_url(checkpoint)}&sha256=abc")
+    assert bad.status_code == 422 and "sha256" in bad.text
 
 
 def test_download_full_file_with_checksum_headers(client, checkpoint):
