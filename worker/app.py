@@ -23,6 +23,10 @@ not counted (this works where the task runs in the worker's main process, the
 ``prefork`` child the job runs on until the shutdown's grace period ends, and the
 sweep requeues it once its heartbeat is stale).
 
+A worker checks at start that it can use its device (``DYART_DEVICE``) and exits
+with one line saying why not: otherwise it would take every queued job and fail it.
+Invalid settings are one line per variable too.
+
 The stale-job sweep runs inside every worker process as a daemon thread (see
 :mod:`worker.sweep`), started when the worker is ready: it needs no beat process
 and works with the serverless SQLite broker of the embedded mode.
@@ -31,12 +35,15 @@ and works with the serverless SQLite broker of the embedded mode.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
+from pydantic import ValidationError
 
-from db.settings import Settings, get_settings
+from db.settings import Settings, get_settings, settings_error_lines
 
 
 class AckAfterBrokerLoss(logging.Filter):
@@ -90,7 +97,47 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(get_settings())
+def device_problem(device: str) -> str | None:
+    """Why a worker cannot train on ``device`` (DYART_DEVICE); None when it can.
+
+    Asks only what CUDA reports (no context is made, so a prefork pool can still fork).
+    """
+    import torch
+
+    from dyart.errors import ConfigError
+    from dyart.train import resolve_device
+
+    try:
+        resolved = resolve_device(device)
+    except ConfigError as exc:
+        return str(exc).removeprefix("device: ")
+    count = torch.cuda.device_count() if resolved.type == "cuda" else 0
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= count:
+        return f"only {count} CUDA device(s) are visible here (CUDA_VISIBLE_DEVICES)"
+    return None
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:  # one line per variable, not a traceback
+        sys.exit("\n".join(f"worker: {line}" for line in settings_error_lines(exc)))
+
+
+app = make_celery(_settings_or_exit())
+
+
+@worker_init.connect
+def _check_device(sender: Any = None, **_: Any) -> None:
+    # Before the worker takes a message: a worker that cannot use its device would
+    # take every queued job and fail it. os._exit: Celery would log SystemExit raised
+    # here as a crash with a traceback; nothing is open yet that needs closing.
+    device = get_settings().device
+    problem = device_problem(device)
+    if problem is not None:
+        sys.stderr.write(f"worker: DYART_DEVICE={device} cannot be used: {problem}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 @worker_ready.connect
