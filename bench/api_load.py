@@ -25,7 +25,13 @@ import httpx
 from local_api import free_port, start_api
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 1}
+JOB = {
+    "dataset": "digits",
+    "architecture": "mlp",
+    "method": "clean",
+    "epochs": 1,
+    "schedule": "cosine",
+}
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 

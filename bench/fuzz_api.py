@@ -84,7 +84,8 @@ upgrade_database(s.database_url)
 session = make_session_factory(make_engine(s))()
 user = tokens.create_user(session, "fuzz")
 token = tokens.create_token(session, user)
-config = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2}
+config = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2,
+          "schedule": "cosine"}
 job = Job(owner_id=user.id, name="seed", method="clean", dataset="digits", status="succeeded",
           config=config, total_epochs=2)
 session.add(job)

@@ -50,6 +50,7 @@ TINY = {
     "architecture": "mlp",
     "method": "clean",
     "epochs": 1,
+    "schedule": "cosine",
     "burn_in_epochs": 0,
     "batch_size": 64,
     "val_size": 64,

@@ -424,6 +424,7 @@ METHODS: dict[str, MethodCard] = {
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 NORMS = ("bn", "gn")
 EVAL_PRESETS = ("standard", "custom", "fast")
+ONECYCLE_MIN_EPOCHS = 3  # fewer, and the per-epoch onecycle spends them at a tiny lr
 MAX_EPS = 20  # the most eps one AutoAttack run takes (a job's eval_eps, an evaluation's eps)
 
 # Run-level settings shared by every method: name -> Param.
@@ -600,6 +601,20 @@ def validate_job(
         hparams = {}
     resolved["hparams"] = _resolve_hparams(METHODS[names["method"]], data, hparams, errors)
     _check_sizes(resolved, data, errors)
+    if (
+        resolved["schedule"] == "onecycle"
+        and isinstance(resolved["epochs"], int)
+        and resolved["epochs"] < ONECYCLE_MIN_EPOCHS
+        and not any(f in ("schedule", "epochs") for f, _ in errors)
+    ):
+        errors.append(
+            (
+                "schedule",
+                f"onecycle is stepped once per epoch and needs at least {ONECYCLE_MIN_EPOCHS} "
+                f"epochs (got {resolved['epochs']}): its last epoch runs at lr/250000; use "
+                "cosine (stepped per batch) for short runs",
+            )
+        )
     if data_dir is not None and isinstance(resolved["extra_data_frac"], float):
         generated = Path(data_dir) / "generated" / f"{data.name}.npz"
         if resolved["extra_data_frac"] > 0 and not generated.is_file():

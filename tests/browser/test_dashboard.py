@@ -158,7 +158,13 @@ def test_dashboard_end_to_end(live_server, worker_process, open_page, screenshot
     except Exception as error:
         shoot(page, screenshots, "failure")
         raise AssertionError(f"page problems: {problems.unexpected()}") from error
-    body = {**SMALL_JOB, "name": "browser-clean", "method": "clean", "epochs": 2}
+    body = {
+        **SMALL_JOB,
+        "name": "browser-clean",
+        "method": "clean",
+        "epochs": 2,
+        "schedule": "cosine",
+    }
     second = httpx.post(f"{live_server.url}/api/v1/jobs", json=body, headers=live_server.headers)
     assert second.status_code == 201, second.text
     check_results(page, screenshots, tmp_path)

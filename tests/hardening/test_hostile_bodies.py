@@ -16,7 +16,13 @@ import pytest
 
 from db.models import Job
 
-GOOD = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2}
+GOOD = {
+    "dataset": "digits",
+    "architecture": "mlp",
+    "method": "clean",
+    "epochs": 2,
+    "schedule": "cosine",
+}
 TOO_LARGE = {"detail": "request body is larger than the limit of 1024 KiB"}
 TEN_MB = 10 * 1024 * 1024
 

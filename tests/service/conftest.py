@@ -91,7 +91,13 @@ def make_job(app, alice):
     """``make_job(client, status=..., **fields)``: POST a small job, then set its row."""
 
     def make(client: Callable[..., TestClient], user: Any = alice, **fields: Any) -> dict:
-        body = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2}
+        body = {
+            "dataset": "digits",
+            "architecture": "mlp",
+            "method": "clean",
+            "epochs": 2,
+            "schedule": "cosine",
+        }
         body.update({k: fields.pop(k) for k in list(fields) if k in ("name", "method", "epochs")})
         response = client(user).post("/api/v1/jobs", json=body)
         assert response.status_code == 201, response.text

@@ -19,6 +19,7 @@ JOB = {
     "method": "dyart",
     "burn_in_epochs": 1,
     "epochs": 2,
+    "schedule": "cosine",
     "batch_size": 64,
     "val_size": 128,
     "val_pgd_steps": 3,

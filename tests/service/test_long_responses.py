@@ -18,7 +18,13 @@ SIZE = 32 * 1024 * 1024  # far more than the loopback socket buffers: the downlo
 
 
 def _finished_job_with_checkpoint(server, settings, session_factory) -> tuple[str, str, bytes]:
-    body = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2}
+    body = {
+        "dataset": "digits",
+        "architecture": "mlp",
+        "method": "clean",
+        "epochs": 2,
+        "schedule": "cosine",
+    }
     created = httpx.post(f"{server.url}/api/v1/jobs", json=body, headers=server.headers)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]

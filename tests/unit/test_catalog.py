@@ -53,6 +53,11 @@ def test_validate_job_fills_every_default():
         ),
         ({"hparams": {"norm": "l2"}}, "hparams.norm", "hparams.norm: 'l2' is not one of linf"),
         (
+            {"epochs": 2, "schedule": "onecycle"},
+            "schedule",
+            "onecycle is stepped once per epoch and needs at least 3 epochs (got 2)",
+        ),
+        (
             {"dataset": "digits", "architecture": "wide_resnet_28_10"},
             "architecture",
             "architecture 'wide_resnet_28_10' needs images of at least 16x16; "
@@ -89,8 +94,8 @@ def test_train_config_round_trips_and_validates():
 def test_train_config_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("dataset: digits\narchitecture: mlp\nmethod: trades\nhparams: {beta: 3}\n")
-    config = TrainConfig.from_file(path, epochs=2, hparams={"steps": 4})
-    assert (config.epochs, config.hparams["beta"], config.hparams["steps"]) == (2, 3.0, 4)
+    config = TrainConfig.from_file(path, epochs=4, hparams={"steps": 4})
+    assert (config.epochs, config.hparams["beta"], config.hparams["steps"]) == (4, 3.0, 4)
 
 
 def test_public_catalog_is_json_ready():

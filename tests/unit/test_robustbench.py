@@ -218,7 +218,7 @@ def test_a_model_robustbench_cannot_load_gets_no_robustbench_files(tmp_path):
     """8x8 images: RobustBench's fixed 8x8 pool would not see what the model sees."""
     config = TrainConfig.from_dict({
         "dataset": "synthetic", "architecture": "wide_resnet_16_4_silu", "method": "clean",
-        "epochs": 1, "burn_in_epochs": 1, "batch_size": 64, "val_size": 64,
+        "epochs": 1, "schedule": "cosine", "burn_in_epochs": 1, "batch_size": 64, "val_size": 64,
         "val_pgd_steps": 1, "eval_eps": [],
     })  # fmt: skip
     Trainer(config, tmp_path, device="cpu").run()

@@ -82,7 +82,9 @@ def test_job_trains_to_success_and_a_second_job_reuses_its_burn_in(
         assert [r["eps"] for r in evaluation.results] == [0.1]
         assert evaluation.checkpoint_id in {c.id for c in checkpoints}
 
-    second = submit(method="clean", epochs=1, hparams={})  # same burn-in, another method
+    second = submit(
+        method="clean", epochs=1, schedule="cosine", hparams={}
+    )  # same burn-in, another method
     job = wait_final(session_factory, second)
     assert job.status == "succeeded" and job.burn_in_source_job_id == first
     assert metric_keys(session_factory, second) == [("train", 1)]  # no burn-in trained
