@@ -1,4 +1,5 @@
-"""Service settings: one pydantic-settings class, read from ``DYART_*`` variables.
+"""Service settings: one pydantic-settings class, read from ``DYART_*`` variables
+(and from a ``.env`` file in the working directory, for those the environment lacks).
 
 The defaults give the embedded mode (DESIGN.md §2): SQLite for the database,
 kombu's SQLAlchemy transport on SQLite as the broker, artifacts in a local
@@ -43,7 +44,10 @@ def is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """Every setting of the service; each field is one ``DYART_<NAME>`` variable."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # A .env file in the working directory fills in what the environment does not set.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
 
     home: Path = Field(
         Path("var"),

@@ -31,6 +31,15 @@ def test_settings_read_from_the_environment(monkeypatch, tmp_path):
     assert Settings().max_attempts == 5 and Settings().home == tmp_path
 
 
+def test_settings_read_a_dotenv_file_the_environment_overrides(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("DYART_MAX_ATTEMPTS=7\nDYART_SWEEP_SECONDS=3\nOTHER=1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DYART_MAX_ATTEMPTS", raising=False)
+    monkeypatch.setenv("DYART_SWEEP_SECONDS", "4")
+    settings = Settings(home=tmp_path)
+    assert settings.max_attempts == 7 and settings.sweep_seconds == 4
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
