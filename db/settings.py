@@ -98,7 +98,8 @@ class Settings(BaseSettings):
         300.0,
         gt=0,
         description="A job still queued this long after its task was sent is sent again "
-        "(a broker that lost or never got the message).",
+        "(a broker that lost or never got the message); each further re-send waits twice "
+        "as long, up to 8 times this.",
     )
     worker_queue: str = Field("celery", description="Celery queue the worker consumes.")
     worker_alive_file: Path = Field(

@@ -61,6 +61,12 @@ def test_settings_table_lists_every_variable():
     assert "| `DYART_HEARTBEAT_SECONDS` | `5.0` |" in table
 
 
+def test_readme_settings_table_is_the_generated_one():
+    # A description is edited in db/settings.py; README.md shows settings_table_markdown().
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert settings_table_markdown() in readme
+
+
 def test_token_authenticates_until_revoked(db_session):
     user = tokens.create_user(db_session, "ann")
     token = tokens.create_token(db_session, user)
