@@ -178,7 +178,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"checkpoint: {chosen}")
         print(f"model card: {Path(chosen).with_suffix('.json')}")
     print(f"results:    {summary['results'] or '(no evaluation: eval_eps is empty)'}")
-    for row in (summary["evaluation"] or {}).get("results", []):
+    evaluation = summary["evaluation"] or {}
+    if evaluation:
+        grade = (
+            "leaderboard-grade: the standard preset on the whole test set"
+            if evaluation.get("leaderboard_grade")
+            else "a quick evaluation, not a leaderboard figure: leaderboards use the "
+            "standard preset on the whole test set"
+        )
+        print(
+            f"AutoAttack: preset {evaluation['preset']}, {evaluation['n']} test images, "
+            f"{evaluation['norm']}, checkpoint {evaluation.get('checkpoint', '?')} ({grade})"
+        )
+    for row in evaluation.get("results", []):
         print(
             f"  eps {row['eps']:.4g}: clean {row['clean_acc']:.4f} robust {row['robust_acc']:.4f}"
         )

@@ -103,6 +103,10 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     assert f"model card: {out / 'model-best.json'}" in printed
     assert f"results:    {out / 'results.json'}" in printed
     assert json.loads((out / "results.json").read_text())["n"] == 40
+    assert (
+        "AutoAttack: preset fast, 40 test images, linf, checkpoint best (a quick evaluation, "
+        "not a leaderboard figure" in printed
+    )
     argv = ["eval", str(out / "model-best.safetensors"), "--eps", "0.05", "0.1"]
     assert main([*argv, "--preset", "fast", "--n", "30", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
