@@ -16,7 +16,8 @@ demo:
 	@DYART_SKIP_BROWSER=1 scripts/install
 	.venv/bin/dyart train --recipe mnist10k_dyart --out runs/mnist10k_dyart
 
-check: install
+check:
+	@DYART_SKIP_BROWSER=1 scripts/install
 	@scripts/check
 
 test: install services
