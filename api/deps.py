@@ -10,7 +10,8 @@ import re
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate, refuse_no_auth_beyond_loopback
@@ -31,7 +32,19 @@ def get_session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def current_user(request: Request, session: SessionDep) -> User:
+# Declares the bearer scheme in the OpenAPI document, so /docs has an Authorize button
+# and lists it on every operation that needs a user. It never answers by itself
+# (auto_error=False): api.auth reads the header, with its own messages.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A token from `dyart-service admin create-token <user>`, sent as "
+    "`Authorization: Bearer <token>`.",
+)
+BearerDeclared = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+def current_user(request: Request, session: SessionDep, _bearer: BearerDeclared) -> User:
     """The authenticated user (401 otherwise; 403 without auth off loopback: see api.auth)."""
     required = request.app.state.auth_required
     if not required:

@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from api import __version__
 from api.celery_client import broker_reachable
-from api.routes import API_PREFIX
+from api.routes import API_PREFIX, error_responses
 from api.schemas import HealthPublic
 
 router = APIRouter(prefix=API_PREFIX, tags=["health"])
@@ -36,7 +36,12 @@ def health(request: Request) -> HealthPublic:
     return _health(request)
 
 
-@router.get("/health/ready", response_model=HealthPublic, responses={503: {"model": HealthPublic}})
+# A bad require_broker is answered by the app's handler in the {field, message} shape,
+# not FastAPI's default {loc, msg, type}: document the one it really has.
+READY_RESPONSES = {**error_responses(422), 503: {"model": HealthPublic}}
+
+
+@router.get("/health/ready", response_model=HealthPublic, responses=READY_RESPONSES)
 def ready(
     request: Request,
     require_broker: bool = Query(
