@@ -26,12 +26,49 @@ from api.schemas import (
     validate_job_create,
 )
 from db import jobs as job_states
-from db.models import Job, JobLog, JobMetric, User
+from db.models import JOB_STATUSES, Job, JobLog, JobMetric, User
+from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 FINAL = ("succeeded", "failed", "canceled")
 METRIC_FIELDS = tuple(MetricPublic.model_fields)
 MAX_OFFSET = 2**63 - 1  # the largest OFFSET both databases accept
+# The list filters that name a lifecycle state or a catalog key. A value outside these
+# matches no job, so it is a typo: answered 422, naming the allowed values, not [].
+FILTER_CHOICES: dict[str, tuple[str, ...]] = {
+    "status": JOB_STATUSES,
+    "method": tuple(catalog.METHODS),
+    "dataset": tuple(catalog.DATASETS),
+}
+
+
+def _filter_query(name: str) -> Any:
+    """An optional filter, documented with its choices (a drop-down in /docs)."""
+    choices = list(FILTER_CHOICES[name])
+    return Query(
+        None,
+        alias=name,
+        description=f"one of {', '.join(choices)}",
+        json_schema_extra={"enum": choices},
+    )
+
+
+def _check_filters(filters: dict[str, str | None]) -> None:
+    """FieldsInvalidError (422) for a NUL character or a value no job can have."""
+    # NUL first: Postgres cannot compare text with a NUL character (and q is free text).
+    bad = [
+        (k, f"{k}: must not contain NUL characters")
+        for k, v in filters.items()
+        if v and "\x00" in v
+    ]
+    if not bad:
+        bad = [
+            (k, f"{k}: {v!r} is not one of {', '.join(FILTER_CHOICES[k])}")
+            for k, v in filters.items()
+            if v and k in FILTER_CHOICES and v not in FILTER_CHOICES[k]
+        ]
+    if bad:
+        raise FieldsInvalidError(bad)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -225,22 +262,15 @@ def create_job(
 def list_jobs(
     session: SessionDep,
     user: CurrentUser,
-    status_: str | None = Query(None, alias="status", description="queued, running, ..."),
-    method: str | None = None,
-    dataset: str | None = None,
+    status_: str | None = _filter_query("status"),
+    method: str | None = _filter_query("method"),
+    dataset: str | None = _filter_query("dataset"),
     q: str | None = Query(None, max_length=200, description="substring of the name or id"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> Response:
     """Your jobs (an admin's: everyone's), newest first, filtered and paged."""
-    filters = {"status": status_, "method": method, "dataset": dataset, "q": q}
-    bad = [
-        (k, f"{k}: must not contain NUL characters")
-        for k, v in filters.items()
-        if v and "\x00" in v
-    ]
-    if bad:  # Postgres cannot compare text with a NUL character
-        raise FieldsInvalidError(bad)
+    _check_filters({"status": status_, "method": method, "dataset": dataset, "q": q})
     query = select(Job)
     if not user.is_admin:
         query = query.where(Job.owner_id == user.id)
