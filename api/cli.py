@@ -244,10 +244,18 @@ def create_token(settings: Settings, name: str) -> None:
     print(token)
 
 
-def revoke_token(settings: Settings, prefix: str) -> None:
+def revoke_token(settings: Settings, prefix: str | None, user: str | None) -> None:
     from db import tokens
 
+    if (prefix is None) == (user is None):
+        raise CliError("give a token prefix or --user NAME (one of the two)")
     with _session(settings) as session:
+        if user is not None:
+            count = tokens.revoke_user_tokens(session, _user(session, user))
+            session.commit()
+            print(f"revoked {count} active token(s) of {user}")
+            return
+        assert prefix is not None
         try:
             count = tokens.revoke_token(session, prefix)
         except tokens.TokenPrefixError as exc:
@@ -256,6 +264,25 @@ def revoke_token(settings: Settings, prefix: str) -> None:
     if not count:
         raise CliError(f"no active token starts with {prefix!r}")
     print(f"revoked {count} token(s) starting with {prefix}")
+
+
+def list_tokens(settings: Settings, name: str) -> None:
+    """A user's tokens: prefix, state, created, last used (the tokens themselves are
+    not stored, only their hashes)."""
+    from db.models import ApiToken
+
+    def when(moment: Any) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+    with _session(settings) as session:
+        user = _user(session, name)
+        rows = session.scalars(
+            select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.created_at)
+        ).all()
+        print("prefix\tstate\tcreated\tlast used")
+        for token in rows:
+            state = "active" if token.revoked_at is None else f"revoked {when(token.revoked_at)}"
+            print(f"{token.prefix}\t{state}\t{when(token.created_at)}\t{when(token.last_used_at)}")
 
 
 def list_users(settings: Settings) -> None:
@@ -286,8 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parser("create-token", help="print a new token for a user (once)").add_argument(
         "name"
     )
-    admin.add_parser("revoke-token", help="revoke tokens by prefix").add_argument("prefix")
+    revoke_p = admin.add_parser(
+        "revoke-token", help="revoke tokens by prefix (see list-tokens), or all of a user's"
+    )
+    revoke_p.add_argument("prefix", nargs="?", help="the token's first characters")
+    revoke_p.add_argument("--user", help="revoke every active token of this user")
     admin.add_parser("list-users", help="list users")
+    admin.add_parser(
+        "list-tokens", help="a user's tokens: prefix, state, created, last used"
+    ).add_argument("name")
     return parser
 
 
@@ -306,7 +340,9 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     elif args.action == "create-token":
         create_token(settings, args.name)
     elif args.action == "revoke-token":
-        revoke_token(settings, args.prefix)
+        revoke_token(settings, args.prefix, args.user)
+    elif args.action == "list-tokens":
+        list_tokens(settings, args.name)
     else:
         list_users(settings)
 

@@ -71,6 +71,16 @@ def revoke_token(session: Session, prefix: str) -> int:
     return int(result.rowcount or 0)
 
 
+def revoke_user_tokens(session: Session, user: User) -> int:
+    """Revoke every active token of ``user`` (one lost without its prefix, say)."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)
+
+
 def user_for_token(session: Session, token: str) -> User | None:
     """The user of an active ``token``, or None (unknown or revoked).
 

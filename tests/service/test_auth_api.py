@@ -156,3 +156,27 @@ def test_admin_cli_creates_user_and_token_that_authenticates(settings, client):
     assert c.get("/api/v1/me").status_code == 401
     unknown = _cli(settings, "admin", "create-token", "nobody")
     assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr
+
+
+def test_a_lost_token_is_found_by_its_user_and_revoked_with_the_others(settings, client):
+    assert _cli(settings, "admin", "create-user", "erin").returncode == 0
+    assert _cli(settings, "admin", "create-user", "fred").returncode == 0
+    lost, spare = (_cli(settings, "admin", "create-token", "erin").stdout.strip() for _ in "ab")
+    fred = _cli(settings, "admin", "create-token", "fred").stdout.strip()
+    listed = _cli(settings, "admin", "list-tokens", "erin")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert lines[0] == "prefix\tstate\tcreated\tlast used" and len(lines) == 3
+    assert all(line.split("\t")[1] == "active" for line in lines[1:])
+    assert lost not in listed.stdout and fred[:8] not in listed.stdout  # prefixes only, hers
+    erin = client(headers={"Authorization": f"Bearer {lost}"})
+    assert erin.get("/api/v1/me").status_code == 200
+    assert _cli(settings, "admin", "list-tokens", "erin").stdout.count("\t-") == 1  # used once
+    revoked = _cli(settings, "admin", "revoke-token", "--user", "erin")
+    assert revoked.returncode == 0 and "revoked 2 active token(s) of erin" in revoked.stdout
+    for token, status in ((lost, 401), (spare, 401), (fred, 200)):
+        c = client(headers={"Authorization": f"Bearer {token}"})
+        assert c.get("/api/v1/me").status_code == status
+    assert _cli(settings, "admin", "list-tokens", "erin").stdout.count("revoked ") == 2
+    neither = _cli(settings, "admin", "revoke-token")
+    assert neither.returncode == 1 and "give a token prefix or --user NAME" in neither.stderr
