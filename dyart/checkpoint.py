@@ -162,7 +162,11 @@ def read_card(card_path: str | Path) -> dict[str, Any]:
     """Read and check a model card; CheckpointError if missing or malformed."""
     card_path = Path(card_path)
     if not card_path.is_file():
-        raise CheckpointError(f"checkpoint: model card {card_path} does not exist")
+        raise CheckpointError(
+            f"checkpoint: model card {card_path} does not exist; a model is its .safetensors "
+            "file and its .json card side by side (the service lists both: files.safetensors "
+            "and files.card)"
+        )
     try:
         card = json.loads(card_path.read_text())
     except (OSError, ValueError) as exc:

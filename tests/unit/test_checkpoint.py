@@ -74,7 +74,8 @@ def test_the_same_weights_always_give_the_same_file(tmp_path):
 def test_load_model_refuses_a_missing_card(tmp_path):
     _, weights, card_path = _save(tmp_path)
     card_path.unlink()
-    with pytest.raises(CheckpointError, match="model card .* does not exist"):
+    expected = r"model card .* does not exist; a model is its .safetensors file and its .json"
+    with pytest.raises(CheckpointError, match=expected):
         dyart.load_model(weights)
 
 
