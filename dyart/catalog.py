@@ -547,7 +547,7 @@ def _check_number(param: Param, value: Any, where: str, kind: type) -> tuple[Any
 
 
 def validate_job(
-    spec: dict[str, Any], data_dir: str | Path | None = None
+    spec: dict[str, Any], data_dir: str | Path | None = None, *, stored: bool = False
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """Check a job request and fill every default.
 
@@ -555,6 +555,10 @@ def validate_job(
         spec: ``dataset``, ``architecture``, ``method``, optional ``hparams``
             (method hyperparameters) and any of ``TRAIN_PARAMS`` at the top level.
         data_dir: if given, on-disk datasets must have their files there.
+        stored: ``spec`` is the config of a job accepted earlier (a worker starting,
+            resuming or evaluating it): the rules for new submissions only (sizes
+            against the dataset, onecycle's epochs, generated data on disk) are not
+            applied again, so an upgrade does not fail jobs it already took.
 
     Returns:
         ``(resolved, errors)``: the complete spec with defaults filled in, and a
@@ -600,6 +604,18 @@ def validate_job(
         errors.append(("hparams", f"expected an object, got {hparams!r}"))
         hparams = {}
     resolved["hparams"] = _resolve_hparams(METHODS[names["method"]], data, hparams, errors)
+    if not stored:
+        _check_new_submission(resolved, data, data_dir, errors)
+    return resolved, errors
+
+
+def _check_new_submission(
+    resolved: dict[str, Any],
+    data: DatasetCard,
+    data_dir: str | Path | None,
+    errors: list[tuple[str, str]],
+) -> None:
+    """What a new job must satisfy beyond each field's range (see ``stored``)."""
     _check_sizes(resolved, data, errors)
     if (
         resolved["schedule"] == "onecycle"
@@ -625,7 +641,6 @@ def validate_job(
                     f"{generated} (arrays 'image' uint8 NHWC and 'label')",
                 )
             )
-    return resolved, errors
 
 
 def _check_sizes(

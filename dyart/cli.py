@@ -197,11 +197,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
 
     from dyart.checkpoint import load_model, read_card
     from dyart.data import load_dataset
-    from dyart.evaluate import autoattack_eval
+    from dyart.evaluate import autoattack_eval, pixels
     from dyart.train import resolve_device
 
     if args.batch_size < 1:
@@ -223,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = load_dataset(dataset, args.data_dir, val_size=config.get("val_size", 1024),
                         seed=config.get("seed", 0), device=device)  # fmt: skip
     n = min(args.n, len(data.test_x))
-    x = data.test_x[:n].to(device).to(torch.float32) / 255
+    x = pixels(data.test_x[:n], device)
     result = autoattack_eval(
         model, x, data.test_y[:n].to(device), eps_list=eps, preset=args.preset,
         norm=card.get("threat_model", {}).get("norm", "linf"), batch_size=args.batch_size,

@@ -51,9 +51,12 @@ class TrainConfig:
     extra_data_frac: float = 0.0
 
     @classmethod
-    def from_dict(cls, spec: dict[str, Any], data_dir: str | Path | None = None) -> TrainConfig:
-        """Validate ``spec`` against the catalog and fill every default."""
-        resolved, errors = catalog.validate_job(spec, data_dir)
+    def from_dict(
+        cls, spec: dict[str, Any], data_dir: str | Path | None = None, *, stored: bool = False
+    ) -> TrainConfig:
+        """Validate ``spec`` against the catalog and fill every default (``stored``: a
+        job's config accepted earlier; see ``catalog.validate_job``)."""
+        resolved, errors = catalog.validate_job(spec, data_dir, stored=stored)
         if errors:
             raise ConfigErrors(errors)
         return cls(**resolved)

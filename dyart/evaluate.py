@@ -319,6 +319,13 @@ def _finished_flags(state_path: Path | None, attack: str, n: int) -> Tensor | No
     return torch.tensor(flags, dtype=torch.bool)
 
 
+def pixels(images: Tensor, device: torch.device | str) -> Tensor:
+    """uint8 images as floats in [0, 1] on ``device``, divided on the CPU: CUDA divides
+    by a number as a product with its inverse, so the same images made on another
+    device would differ in their last bits, and so would an evaluation's fingerprint."""
+    return (images.cpu().float() / 255).to(device)
+
+
 def _fingerprint(model: nn.Module, x: Tensor, y: Tensor, preset: str, norm: str, seed: int) -> str:
     """A digest of the weights, images, labels and settings an evaluation attacks."""
     digest = hashlib.sha256(json.dumps([preset, norm, seed, len(x)]).encode())

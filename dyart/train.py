@@ -159,8 +159,11 @@ class Trainer:
         self.threads_began = int(saved.get("threads", 0)) if saved else 0
         try:
             self._resume_threads(self.threads_began)
-            self.data = self._load_data()
-            if self.config.extra_data_frac > 0 and self.data.extra_x is None:
+            # generated data is read (and required) only while the train stage is to run
+            pending_train = "train" in stages and "train" not in self.done
+            mixes = pending_train and self.config.extra_data_frac > 0
+            self.data = self._load_data(extra=mixes)
+            if mixes and self.data.extra_x is None:
                 raise ConfigError(
                     "extra_data_frac",
                     f"{self.config.extra_data_frac} asks for generated data, but there is no "
@@ -379,7 +382,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """AutoAttack on the best checkpoint's EMA model (skipped if no eval_eps)."""
-        from dyart.evaluate import autoattack_eval
+        from dyart.evaluate import autoattack_eval, pixels
 
         cfg = self.config
         if not cfg.eval_eps:
@@ -391,7 +394,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint: no trained model under {self.out_dir} to evaluate")
         model = checkpoint.load_model(self._model_path(kind), device=self.device)
         n = min(cfg.eval_n, len(self.data.test_x))
-        x = self.data.test_x[:n].to(self.device).float() / 255
+        x = pixels(self.data.test_x[:n], self.device)
         y = self.data.test_y[:n].to(self.device)
         info = {"epochs": 0, "steps_per_epoch": 0, "eps": list(cfg.eval_eps), "n": n}
         self.callbacks.on_stage_start("evaluate", {**info, "preset": cfg.eval_preset})
@@ -517,13 +520,13 @@ class Trainer:
             )
         return state
 
-    def _load_data(self) -> Any:
+    def _load_data(self, extra: bool = False) -> Any:
         from dyart.data import load_dataset
 
         cfg = self.config
         return load_dataset(
             cfg.dataset, self.data_dir, val_size=cfg.val_size, seed=cfg.seed, device=self.device,
-            extra=cfg.extra_data_frac > 0,
+            extra=extra,
         )  # fmt: skip
 
     def _build_model(self) -> nn.Module:

@@ -381,7 +381,7 @@ def _make_trainer(
     from dyart.config import TrainConfig
     from dyart.train import Trainer
 
-    config = TrainConfig.from_dict(config_dict, settings.data_dir)
+    config = TrainConfig.from_dict(config_dict, settings.data_dir, stored=True)
     out_dir = store.job_dir(job_id)
     state = out_dir / "state" / "latest.pt"
     init_from = None
@@ -525,12 +525,12 @@ def _autoattack(
     from dyart.config import TrainConfig
     from dyart.data import load_dataset
     from dyart.errors import CheckpointError
-    from dyart.evaluate import autoattack_eval
+    from dyart.evaluate import autoattack_eval, pixels
     from dyart.train import resolve_device
 
     if spec["weights"] is None:
         raise CheckpointError("checkpoint: the evaluation's checkpoint no longer exists")
-    config = TrainConfig.from_dict(spec["config"], settings.data_dir)
+    config = TrainConfig.from_dict(spec["config"], settings.data_dir, stored=True)
     device = resolve_device(settings.device)
     data = load_dataset(
         config.dataset, settings.data_dir, val_size=config.val_size, seed=config.seed, device=device
@@ -538,7 +538,7 @@ def _autoattack(
     n = min(spec["n"], len(data.test_x))
     model = load_model(spec["weights"], device=device)
     result = autoattack_eval(
-        model, data.test_x[:n].to(device).float() / 255, data.test_y[:n].to(device),
+        model, pixels(data.test_x[:n], device), data.test_y[:n].to(device),
         eps_list=spec["eps"], preset=spec["preset"], norm=spec["norm"],
         state_dir=spec["state_dir"], seed=config.seed, should_stop=lost,
     )  # fmt: skip

@@ -134,3 +134,16 @@ def test_generated_data_is_required_at_submission_when_asked_for(tmp_path):
     (tmp_path / "generated").mkdir()
     (tmp_path / "generated" / "mnist10k.npz").write_bytes(b"")
     assert catalog.validate_job(spec, data_dir=tmp_path)[1] == []
+
+
+def test_a_stored_job_config_is_not_held_to_rules_added_for_new_submissions(tmp_path):
+    """A worker starts, resumes and evaluates jobs accepted earlier: an upgrade that adds
+    a submission rule must not fail them."""
+    stored = {**BASE, "epochs": 2, "schedule": "onecycle", "extra_data_frac": 0.3}
+    _, errors = catalog.validate_job(stored, data_dir=tmp_path)
+    assert {f for f, _ in errors} == {"schedule", "extra_data_frac"}
+    assert catalog.validate_job(stored, data_dir=tmp_path, stored=True)[1] == []
+    config = TrainConfig.from_dict(stored, tmp_path, stored=True)
+    assert (config.epochs, config.schedule) == (2, "onecycle")
+    _, errors = catalog.validate_job({**stored, "epochs": 0}, stored=True)
+    assert [f for f, _ in errors] == ["epochs"]  # each field's own range still holds

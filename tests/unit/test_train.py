@@ -222,6 +222,22 @@ def test_generated_data_missing_on_disk_stops_the_run_before_any_epoch(tmp_path)
     assert recorder.events == []
 
 
+def test_a_run_left_with_its_evaluation_needs_no_generated_data(tmp_path):
+    import numpy as np
+
+    data_dir = tmp_path / "data"
+    (data_dir / "generated").mkdir(parents=True)
+    generated = data_dir / "generated" / "synthetic.npz"
+    images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    np.savez(generated, image=images, label=np.arange(40) % 4)
+    config = _config(epochs=1, extra_data_frac=0.25)
+    out = tmp_path / "run"
+    Trainer(config, out, device="cpu", data_dir=data_dir).run(("burn_in", "train"))
+    generated.unlink()  # moved away once the training stages were done
+    summary = Trainer(config, out, device="cpu", data_dir=data_dir).run()
+    assert summary["evaluation"]["checkpoint"] == "best"
+
+
 def test_an_evaluation_is_run_again_once_a_later_stage_replaces_its_model(tmp_path):
     config = _config(epochs=1)
     first = Trainer(config, tmp_path, device="cpu").run(("burn_in", "evaluate"))
