@@ -65,6 +65,9 @@ class DatasetCard:
     description: str = ""
     n_train: int = 0  # training images before the validation part is held out
     val_size: int = 1024  # the default validation part
+    # version of how the files become train / validation / test: a run or a burn-in
+    # made on another version is not continued (its validation images were trained on)
+    split: int = 1
 
     def missing_files(self, data_dir: str | Path) -> list[str]:
         """Files this dataset needs under ``data_dir`` that are not there."""
@@ -278,6 +281,7 @@ DATASETS: dict[str, DatasetCard] = {
             bundled=False,
             n_train=100000,
             val_size=1024,
+            split=2,  # 2: the training images in one shuffled order
             files=("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"),
         ),
     )

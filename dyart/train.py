@@ -372,6 +372,7 @@ class Trainer:
                 "ema": run.ema.module.state_dict(),
                 "config": json.dumps(self.config.to_dict()),
                 "burn_in_key": json.dumps(self.config.burn_in_key()),
+                "data_split": self.config.dataset_card.split,
             }
             checkpoint.save_training_state(path, state)
             kind = "burn_in"
@@ -482,6 +483,7 @@ class Trainer:
             "config": json.dumps(self.config.to_dict(), sort_keys=True),
             "done": list(self.done),
             "threads": torch.get_num_threads(),
+            "data_split": self.config.dataset_card.split,
             "run": None if run is None else {**run.state_dict(), "rng": checkpoint.capture_rng()},
         }
         if self.state_path.is_file():  # the state before stays as a fallback
@@ -518,7 +520,19 @@ class Trainer:
                 f"checkpoint: {self.state_path} was written for a different config "
                 f"(fields {', '.join(changed)}); use a new out_dir or the same config"
             )
+        self._check_split(state, self.state_path)
         return state
+
+    def _check_split(self, state: dict[str, Any], path: Path) -> None:
+        """Refuse a state made on another version of the dataset's split."""
+        made, card = int(state.get("data_split", 1)), self.config.dataset_card
+        if made != card.split:
+            raise CheckpointError(
+                f"checkpoint: {path} was made on version {made} of {card.name}'s "
+                f"train/validation split, this version splits it as version {card.split}: "
+                "continuing would validate on images it trained on; start a new run "
+                "(a new out_dir, or a new job)"
+            )
 
     def _load_data(self, extra: bool = False) -> Any:
         from dyart.data import load_dataset
@@ -571,6 +585,7 @@ class Trainer:
     def _adopt_burn_in(self, source: Path) -> None:
         """Reuse another run's burn-in: check it fits, copy it into this run."""
         state = checkpoint.load_training_state(source)
+        self._check_split(state, source)
         theirs = json.loads(state.get("burn_in_key", "{}"))
         ours = self.config.burn_in_key()
         for key in ("dataset", "architecture", "norm_layer"):

@@ -238,6 +238,24 @@ def test_a_run_left_with_its_evaluation_needs_no_generated_data(tmp_path):
     assert summary["evaluation"]["checkpoint"] == "best"
 
 
+def test_a_state_or_burn_in_made_on_another_split_of_the_dataset_is_not_continued(tmp_path):
+    from dyart import checkpoint
+
+    config = _config(epochs=1)
+    out = tmp_path / "run"
+    Trainer(config, out, device="cpu").run(("burn_in",))
+    for path in (out / "state" / "latest.pt", out / "burn_in.pt"):
+        state = checkpoint.load_training_state(path)
+        assert state["data_split"] == config.dataset_card.split
+        state["data_split"] = config.dataset_card.split + 1  # made by another version
+        checkpoint.save_training_state(path, state)
+    with pytest.raises(CheckpointError, match=r"version 2 of synthetic's train/validation"):
+        Trainer(config, out, device="cpu").run()
+    other = Trainer(config, tmp_path / "other", device="cpu", init_from=out / "burn_in.pt")
+    with pytest.raises(CheckpointError, match=r"burn_in.pt was made on version 2"):
+        other.run()
+
+
 def test_an_evaluation_is_run_again_once_a_later_stage_replaces_its_model(tmp_path):
     config = _config(epochs=1)
     first = Trainer(config, tmp_path, device="cpu").run(("burn_in", "evaluate"))
