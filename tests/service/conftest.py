@@ -86,18 +86,17 @@ def client(app, alice) -> Iterator[Callable[..., TestClient]]:
         c.close()
 
 
+# the smallest job request the catalog accepts on a bundled dataset
+SMALL_JOB = {"dataset": "digits", "architecture": "mlp", "method": "clean", "epochs": 2,
+             "schedule": "cosine"}  # fmt: skip
+
+
 @pytest.fixture
 def make_job(app, alice):
     """``make_job(client, status=..., **fields)``: POST a small job, then set its row."""
 
     def make(client: Callable[..., TestClient], user: Any = alice, **fields: Any) -> dict:
-        body = {
-            "dataset": "digits",
-            "architecture": "mlp",
-            "method": "clean",
-            "epochs": 2,
-            "schedule": "cosine",
-        }
+        body = dict(SMALL_JOB)
         body.update({k: fields.pop(k) for k in list(fields) if k in ("name", "method", "epochs")})
         response = client(user).post("/api/v1/jobs", json=body)
         assert response.status_code == 201, response.text

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import httpx
 
 from tests.conftest import BACKEND
-from tests.service.conftest import add_final_checkpoint
+from tests.service.conftest import SMALL_JOB, add_final_checkpoint
 
 # More than the connection pool holds (5 + 10 overflow): were each response to keep
 # its request's connection, the requests after the 15th would wait for one in vain.
@@ -18,14 +18,7 @@ SIZE = 32 * 1024 * 1024  # far more than the loopback socket buffers: the downlo
 
 
 def _finished_job_with_checkpoint(server, settings, session_factory) -> tuple[str, str, bytes]:
-    body = {
-        "dataset": "digits",
-        "architecture": "mlp",
-        "method": "clean",
-        "epochs": 2,
-        "schedule": "cosine",
-    }
-    created = httpx.post(f"{server.url}/api/v1/jobs", json=body, headers=server.headers)
+    created = httpx.post(f"{server.url}/api/v1/jobs", json=SMALL_JOB, headers=server.headers)
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
     data = os.urandom(SIZE)
