@@ -525,14 +525,9 @@ class Trainer:
 
     def _check_split(self, state: dict[str, Any], path: Path) -> None:
         """Refuse a state made on another version of the dataset's split."""
-        made, card = int(state.get("data_split", 1)), self.config.dataset_card
-        if made != card.split:
-            raise CheckpointError(
-                f"checkpoint: {path} was made on version {made} of {card.name}'s "
-                f"train/validation split, this version splits it as version {card.split}: "
-                "continuing would validate on images it trained on; start a new run "
-                "(a new out_dir, or a new job)"
-            )
+        reason = _split_mismatch(state, path, self.config)
+        if reason:
+            raise CheckpointError(f"{reason}; start a new run (a new out_dir, or a new job)")
 
     def _load_data(self, extra: bool = False) -> Any:
         from dyart.data import load_dataset
@@ -585,15 +580,9 @@ class Trainer:
     def _adopt_burn_in(self, source: Path) -> None:
         """Reuse another run's burn-in: check it fits, copy it into this run."""
         state = checkpoint.load_training_state(source)
-        self._check_split(state, source)
-        theirs = json.loads(state.get("burn_in_key", "{}"))
-        ours = self.config.burn_in_key()
-        for key in ("dataset", "architecture", "norm_layer"):
-            if theirs.get(key) != ours[key]:
-                raise CheckpointError(
-                    f"init_from: {source} is a burn-in of {key}={theirs.get(key)!r}, "
-                    f"this run needs {key}={ours[key]!r}"
-                )
+        reason = _burn_in_mismatch(state, source, self.config)
+        if reason:
+            raise CheckpointError(reason)
         model = self._build_model()
         model.load_state_dict(state["ema"])  # fails loudly if the shapes differ
         with open(source, "rb") as src:  # complete or absent, never a truncated copy
@@ -679,6 +668,38 @@ def _improves(value: float | None, best: float | None) -> bool:
 def _crop_padding(image_size: int) -> int:
     """Random-crop padding: 4 pixels on 32x32 and larger images, 1/8 of smaller ones."""
     return 4 if image_size >= 32 else max(1, image_size // 8)
+
+
+def burn_in_mismatch(source: Path, config: TrainConfig) -> str | None:
+    """Why the burn-in saved at ``source`` cannot start ``config``'s train stage, or None
+    (the service checks a burn-in found by its config before it reuses it)."""
+    return _burn_in_mismatch(checkpoint.load_training_state(source), source, config)
+
+
+def _burn_in_mismatch(state: dict[str, Any], source: Path, config: TrainConfig) -> str | None:
+    split = _split_mismatch(state, source, config)
+    if split:
+        return split
+    theirs = json.loads(state.get("burn_in_key", "{}"))
+    ours = config.burn_in_key()
+    for key in ("dataset", "architecture", "norm_layer"):
+        if theirs.get(key) != ours[key]:
+            return (
+                f"init_from: {source} is a burn-in of {key}={theirs.get(key)!r}, "
+                f"this run needs {key}={ours[key]!r}"
+            )
+    return None
+
+
+def _split_mismatch(state: dict[str, Any], path: Path, config: TrainConfig) -> str | None:
+    made, card = int(state.get("data_split", 1)), config.dataset_card
+    if made == card.split:
+        return None
+    return (
+        f"checkpoint: {path} was made on version {made} of {card.name}'s train/validation "
+        f"split, this version splits it as version {card.split}: continuing would validate "
+        "on images it trained on"
+    )
 
 
 def _non_finite_tensors(model: nn.Module) -> list[str]:

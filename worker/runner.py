@@ -403,10 +403,16 @@ def _make_trainer(
 
 def _reuse_burn_in(session: Session, job_id: str, config: Any, store: ArtifactStore) -> Any:
     """The burn_in.pt of an earlier job with an equal burn-in config, recorded on the job."""
+    from dyart.train import burn_in_mismatch
+
     found = find_reusable_burn_in(session, job_id, config.burn_in_key(), store.resolve)
     if found is None:
         return None
     source_id, path = found
+    reason = burn_in_mismatch(path, config)  # e.g. made on an earlier split of the dataset
+    if reason:
+        jobs.add_log(session, job_id, f"not reusing the burn-in of job {source_id}: {reason}")
+        return None
     session.get(Job, job_id).burn_in_source_job_id = source_id
     jobs.add_log(session, job_id, f"reusing the burn-in of job {source_id} (equal burn-in config)")
     return path

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from db import tokens
 from db.burn_in import find_reusable_burn_in
-from db.models import ApiToken, Checkpoint, Job
+from db.models import ApiToken, Checkpoint, Job, JobLog
 from db.settings import Settings, settings_table_markdown
 from worker.artifacts import ArtifactPathError, ArtifactStore, file_sha256
 
@@ -140,3 +141,43 @@ def test_artifact_store_writes_atomically_and_hashes(tmp_path):
     assert path.read_bytes() == b"abc" * 1000 and store.relative(path) == "jobs/x/file.bin"
     assert file_sha256(path) == hashlib.sha256(b"abc" * 1000).hexdigest()
     assert [p.name for p in Path(path.parent).iterdir()] == ["file.bin"]  # no temp left
+
+
+def test_a_burn_in_found_by_its_config_but_made_on_another_split_is_not_reused(
+    db_session, tmp_path
+):
+    from dyart import checkpoint
+    from dyart.config import TrainConfig
+    from dyart.train import Trainer
+    from worker import runner
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    owner = tokens.create_user(db_session, "ann")
+    config = TrainConfig.from_dict(
+        {"dataset": "synthetic", "architecture": "mlp", "method": "clean", "epochs": 1,
+         "schedule": "cosine", "burn_in_epochs": 1, "batch_size": 64, "val_size": 64,
+         "val_pgd_steps": 1, "eval_eps": []}
+    )  # fmt: skip
+    source, new = (
+        Job(owner_id=owner.id, method="clean", dataset="synthetic", config=config.to_dict())
+        for _ in "ab"
+    )
+    db_session.add_all([source, new])
+    db_session.flush()
+    Trainer(config, store.job_dir(source.id), device="cpu").run(("burn_in",))
+    weights = store.relative(store.job_dir(source.id) / "model-burn_in.safetensors")
+    db_session.add(Checkpoint(job_id=source.id, kind="burn_in", path=weights, size=1, sha256="0"))
+    db_session.flush()
+    burn_in = store.job_dir(source.id) / "burn_in.pt"
+    assert runner._reuse_burn_in(db_session, new.id, config, store) == burn_in
+    assert db_session.get(Job, new.id).burn_in_source_job_id == source.id
+    db_session.get(Job, new.id).burn_in_source_job_id = None
+    state = checkpoint.load_training_state(burn_in)
+    state["data_split"] = config.dataset_card.split + 1  # made before the split changed
+    checkpoint.save_training_state(burn_in, state)
+    assert runner._reuse_burn_in(db_session, new.id, config, store) is None
+    assert db_session.get(Job, new.id).burn_in_source_job_id is None
+    logs = db_session.scalars(select(JobLog.message).where(JobLog.job_id == new.id)).all()
+    assert any(
+        m.startswith(f"not reusing the burn-in of job {source.id}: checkpoint:") for m in logs
+    )
