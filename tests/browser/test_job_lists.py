@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from db.models import Evaluation, Job
+from db.models import Job
 from tests.browser.test_dashboard import shoot
+from tests.browser.test_job_page import add_failed_evaluation
 
 pytestmark = pytest.mark.browser
 
@@ -94,12 +95,8 @@ def test_compare_shows_datasets_and_warns_when_they_differ(
     with session_factory() as session:
         row = session.get(Job, other["id"])
         row.dataset, row.config = "mnist10k", {**row.config, "dataset": "mnist10k"}
-        session.add(
-            Evaluation(
-                job_id=other["id"], status="failed", preset="fast", n=100, eps=[0.3], error=error
-            )
-        )
         session.commit()
+    add_failed_evaluation(session_factory, other["id"], error, 0.3)
     page, problems = signed_in()
     page.goto(f"{live_server.url}/#/compare?ids={digits['id']},{other['id']}")
     page.locator("table.compare-table tbody tr").nth(1).wait_for()

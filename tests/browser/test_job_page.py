@@ -40,6 +40,26 @@ def cancel(server, job_id: str) -> None:
     assert answer.status_code == 202, answer.text
 
 
+def open_canceled_job(live_server, signed_in, submit_job, session_factory, log: list[str]):
+    """A job canceled with ``log`` in its log, open on its page once the page says so:
+    ``(job, page, problems)``."""
+    job = submit_job()
+    cancel(live_server, job["id"])
+    add_log(session_factory, job["id"], log)
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    return job, page, problems
+
+
+def add_failed_evaluation(session_factory, job_id: str, error: str, eps: float) -> None:
+    with session_factory() as session:
+        session.add(
+            Evaluation(job_id=job_id, status="failed", preset="fast", n=100, eps=[eps], error=error)
+        )
+        session.commit()
+
+
 def test_log_lines_shown_once_when_the_log_is_short(
     live_server, signed_in, submit_job, session_factory, screenshots
 ):
@@ -62,12 +82,10 @@ def test_log_pane_keeps_the_last_lines_of_a_long_log(
 ):
     """A finished job with more lines than the stream sends in one poll: the pane
     ends with the log's last line and holds no more than its cap."""
-    job = submit_job()
-    cancel(live_server, job["id"])
-    add_log(session_factory, job["id"], [f"line-{i:04d}" for i in range(1200)])
-    page, problems = signed_in()
-    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
-    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    lines = [f"line-{i:04d}" for i in range(1200)]
+    _, page, problems = open_canceled_job(
+        live_server, signed_in, submit_job, session_factory, lines
+    )
     pane_ends_with(page, "line-1199")
     shown = shown_messages(page)
     assert len(shown) == MAX_LOG_LINES
@@ -78,12 +96,10 @@ def test_log_pane_keeps_the_last_lines_of_a_long_log(
 def test_resume_follows_the_job_again(live_server, signed_in, submit_job, session_factory):
     """The stream ends with a canceled job; after Resume the page follows the new run
     (here: canceled again from outside) without showing old log lines twice."""
-    job = submit_job()
-    cancel(live_server, job["id"])
-    add_log(session_factory, job["id"], [f"before-{i}" for i in range(5)])
-    page, problems = signed_in()
-    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
-    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    before = [f"before-{i}" for i in range(5)]
+    job, page, problems = open_canceled_job(
+        live_server, signed_in, submit_job, session_factory, before
+    )
     pane_ends_with(page, "before-4")
     page.click("#resume")
     page.locator("#summary .badge-queued").wait_for()
@@ -103,13 +119,7 @@ def test_failed_evaluation_shows_its_error(
     job = submit_job()
     cancel(live_server, job["id"])
     error = "AutoAttack stopped: CUDA out of memory while attacking eps 0.1"
-    with session_factory() as session:
-        session.add(
-            Evaluation(
-                job_id=job["id"], status="failed", preset="fast", n=100, eps=[0.1], error=error
-            )
-        )
-        session.commit()
+    add_failed_evaluation(session_factory, job["id"], error, 0.1)
     page, problems = signed_in()
     page.goto(f"{live_server.url}/#/jobs/{job['id']}")
     shown = page.locator("#evaluations .eval-error")
