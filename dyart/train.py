@@ -399,15 +399,11 @@ class Trainer:
         y = self.data.test_y[:n].to(self.device)
         info = {"epochs": 0, "steps_per_epoch": 0, "eps": list(cfg.eval_eps), "n": n}
         self.callbacks.on_stage_start("evaluate", {**info, "preset": cfg.eval_preset})
-        results = []
-        for eps in cfg.eval_eps:  # the stop request is asked before each attack
-            result = autoattack_eval(
-                model, x, y, eps_list=[eps], preset=cfg.eval_preset,
-                state_dir=self.out_dir / "state" / "autoattack", seed=cfg.seed,
-                should_stop=self.callbacks.should_stop,
-            )  # fmt: skip
-            results.extend(result["results"])
-        result["results"] = results
+        result = autoattack_eval(  # the stop request is asked before each attack
+            model, x, y, eps_list=list(cfg.eval_eps), preset=cfg.eval_preset,
+            state_dir=self.out_dir / "state" / "autoattack", seed=cfg.seed,
+            should_stop=self.callbacks.should_stop,
+        )  # fmt: skip
         result["checkpoint"] = kind
         result["dataset"] = cfg.dataset
         result["leaderboard_grade"] = cfg.eval_preset == "standard" and n == len(self.data.test_x)
