@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Bearer-token auth: `auto` = required unless `host` is loopback; "
         "`off` is refused off loopback.",
     )
+    metrics_token: str | None = Field(
+        None,
+        repr=False,
+        description="Token Prometheus sends to read `/metrics` (`Authorization: Bearer <token>`); "
+        "a separate secret, user API tokens do not open it. Unset: `/metrics` answers anyone "
+        "who can reach the API.",
+    )
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
 
@@ -132,6 +139,25 @@ class Settings(BaseSettings):
             ) from None
         except ArgumentError:
             raise ValueError(f"not a URL; expected e.g. {URL_EXAMPLES[name]}") from None
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: str | None) -> str | None:
+        # An empty value is refused, not taken as unset: `DYART_METRICS_TOKEN=${VAR}` with
+        # VAR missing would otherwise open /metrics to everyone without a word.
+        if value is None:
+            return value
+        if not value:
+            raise ValueError(
+                "DYART_METRICS_TOKEN is empty: set it to a token (e.g. `openssl rand -hex 32`), "
+                "or leave it unset to serve /metrics without one"
+            )
+        if not all("!" <= char <= "~" for char in value):
+            raise ValueError(
+                "DYART_METRICS_TOKEN must be visible ASCII characters without spaces, "
+                "as it is sent in an `Authorization: Bearer <token>` header"
+            )
         return value
 
     @model_validator(mode="after")
@@ -177,7 +203,7 @@ class Settings(BaseSettings):
         return self.stale_after_seconds
 
 
-SECRET_FIELDS = frozenset(URL_EXAMPLES)  # may hold a password: never echoed
+SECRET_FIELDS = frozenset({*URL_EXAMPLES, "metrics_token"})  # a password or token: never echoed
 
 
 def settings_error_lines(error: ValidationError) -> list[str]:
@@ -222,6 +248,8 @@ def _default_text(name: str, field: Any) -> str:
     default = field.default
     if name in FROM_HOME:
         return "(from `home`)"
+    if default is None:
+        return "(unset)"
     return f"`{default}`"
 
 

@@ -3,15 +3,20 @@
 Each app has its own registry (tests build many apps in one process). The
 jobs gauge is read from the database when Prometheus scrapes, so it is never
 stale and costs one grouped COUNT per scrape.
+
+With ``DYART_METRICS_TOKEN`` set, a scrape must send that token as a bearer
+token; it is the scraper's own secret, and user API tokens do not open it.
+Unset, /metrics answers anyone who can reach the API.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -22,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from api.errors import AuthMissingError
 from db.models import Job
 
 router = APIRouter(tags=["metrics"])
@@ -99,7 +105,28 @@ class RequestMetricsMiddleware:
             )
 
 
-@router.get("/metrics", response_class=Response)
+def require_metrics_token(request: Request) -> None:
+    """401 unless the request carries the DYART_METRICS_TOKEN bearer token (when it is set)."""
+    expected = request.app.state.settings.metrics_token
+    if expected is None:
+        return
+    header = request.headers.get("authorization")
+    if header is None:
+        raise AuthMissingError(
+            "missing bearer token: /metrics needs the DYART_METRICS_TOKEN bearer token, "
+            "sent as 'Authorization: Bearer <token>'"
+        )
+    scheme, _, given = header.strip().partition(" ")
+    # Starlette decodes header values as latin-1: encoding back gives the bytes sent.
+    sent = given.strip().encode("latin-1")
+    if not (scheme.lower() == "bearer" and hmac.compare_digest(sent, expected.encode("ascii"))):
+        raise AuthMissingError(
+            "wrong bearer token: /metrics needs the DYART_METRICS_TOKEN bearer token "
+            "(user API tokens do not open it)"
+        )
+
+
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_token)])
 def prometheus_metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
