@@ -52,9 +52,11 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     absolute), so a relative ``DYART_HOME`` or a ``.env`` file cannot make it read
     another database than the API's.
     """
-    resolved = {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in settings}
+    names = {f"{ENV_PREFIX}{name.upper()}": value for name, value in settings}
+    resolved = {key: str(value) for key, value in names.items() if value is not None}
+    inherited = {k: v for k, v in os.environ.items() if k not in names}  # unset stays unset
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, **resolved, "PYTHONPATH": path}
+    return {**inherited, **resolved, "PYTHONPATH": path}
 
 
 def start_worker(settings: Settings) -> subprocess.Popen:

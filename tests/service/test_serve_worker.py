@@ -81,3 +81,16 @@ def test_serve_stops_with_an_error_when_its_worker_dies(elsewhere, tmp_path):
         assert len(errors) == 1 and "worker process exited (code -9)" in errors[0]
     finally:
         server.kill9()
+
+
+def test_the_worker_gets_each_setting_that_is_set_and_no_unset_one(settings, monkeypatch):
+    from api.cli import worker_environment
+
+    monkeypatch.delenv("DYART_METRICS_TOKEN", raising=False)
+    env = worker_environment(settings)
+    assert env["DYART_DATABASE_URL"] == settings.database_url
+    assert env["DYART_SWEEP_SECONDS"] == str(settings.sweep_seconds)
+    assert "DYART_METRICS_TOKEN" not in env  # unset is not the string "None"
+
+    set_ = settings.model_copy(update={"metrics_token": "scrape-secret"})
+    assert worker_environment(set_)["DYART_METRICS_TOKEN"] == "scrape-secret"
