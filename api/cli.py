@@ -2,6 +2,7 @@
 
     dyart-service serve [--host H] [--port P] [--no-worker] [--demo]
     dyart-service migrate
+    dyart-service workers                        (which workers are there, on which queue)
     dyart-service admin create-user NAME [--admin]
     dyart-service admin create-token NAME        (prints the token once)
     dyart-service admin revoke-token PREFIX
@@ -295,6 +296,26 @@ def list_users(settings: Settings) -> None:
             print(f"{user.name}\t{'admin' if user.is_admin else 'user'}\t{user.id}")
 
 
+def list_workers(settings: Settings) -> None:
+    """The workers' rows of presence: which are there to take a job, on which queue."""
+    from db import workers
+    from db.models import utcnow
+
+    with _session(settings) as session:
+        rows, now = workers.every(session), utcnow()
+        present = [row for row in rows if workers.is_present(row, now)]
+        here = sum(row.queue == settings.worker_queue for row in present)
+        print(f"{here} worker(s) present on queue {settings.worker_queue!r} (DYART_WORKER_QUEUE)")
+        if not rows:
+            return
+        print("worker\tqueue\tdevice\tstarted\tlast seen\tstate")
+        for row in rows:
+            state = "present" if row in present else "gone (missed 3 beats)"
+            started = row.started_at.strftime("%Y-%m-%d %H:%M")
+            seen = (now - row.last_seen_at).total_seconds()
+            print(f"{row.id}\t{row.queue}\t{row.device}\t{started}\t{seen:.0f}s ago\t{state}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dyart-service", description=__doc__.split("\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -306,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="submit the mnist10k DyART demo (once) and follow it"
     )
     verbs.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    verbs.add_parser("workers", help="list the workers seen on this database, and which are there")
     admin = verbs.add_parser("admin", help="users and tokens").add_subparsers(
         dest="action", required=True
     )
@@ -337,6 +359,8 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     elif args.verb == "migrate":
         migrate(settings)
         print("database schema is up to date")
+    elif args.verb == "workers":
+        list_workers(settings)
     elif args.action == "create-user":
         create_user(settings, args.name, args.admin)
     elif args.action == "create-token":

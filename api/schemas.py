@@ -270,9 +270,15 @@ class UserPublic(BaseModel):
 
 
 class HealthPublic(BaseModel):
-    status: str
+    status: str = Field(
+        description="`ok`, or `degraded` while the database or broker is unreachable"
+    )
     database: str
     broker: str
+    workers: int | None = Field(
+        description="workers on this server's queue that were seen within their last 3 sweeps; "
+        "0: queued jobs wait until one starts; null while the database is unreachable"
+    )
     version: str
 
 

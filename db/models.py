@@ -247,3 +247,22 @@ class JobLog(Base):
     ts: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(10), default="INFO")
     message: Mapped[str] = mapped_column(Text)
+
+
+class WorkerPresence(Base):
+    """A worker process's sign of life, written by its sweep every ``beat_seconds``.
+
+    The API counts the workers it can send jobs to (``GET /health``); the row is
+    removed when the worker shuts down, and an old one is pruned by the next beat.
+    """
+
+    __tablename__ = "worker_presence"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    queue: Mapped[str] = mapped_column(String(100), index=True)
+    device: Mapped[str] = mapped_column(String(50))
+    beat_seconds: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

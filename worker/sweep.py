@@ -16,8 +16,10 @@ Every ``sweep_seconds`` it
   to 8 times ``resend_after_seconds`` (``db.jobs.resend_interval``), so a job
   merely waiting in a long queue gains a few messages, not one per interval.
 
-Each pass first touches ``worker_alive_file`` (the health check's sign of life,
-:mod:`worker.alive`).
+Each pass first touches ``worker_alive_file`` (the container health check's sign
+of life, :mod:`worker.alive`) and writes this worker's row of presence
+(:mod:`db.workers`: the API's ``/health`` counts the workers that can take a job);
+the row is removed when the worker shuts down.
 
 Several workers may sweep at once: each change is a conditional UPDATE, so a
 job is requeued once, and a task sent twice finds the lease and exits.
@@ -32,7 +34,7 @@ from typing import Any
 
 from celery import Celery
 
-from db import evaluations, jobs
+from db import evaluations, jobs, workers
 from db.models import utcnow
 from db.settings import Settings
 from worker import alive
@@ -43,6 +45,7 @@ RUN_EVALUATION = "worker.run_evaluation"
 
 _stop = threading.Event()
 _thread: threading.Thread | None = None
+_me: workers.Identity | None = None
 
 
 class OutageClock:
@@ -102,7 +105,18 @@ def sweep_once(
     return {"stale": stale, "unsent": unsent, "evaluations": stale_evaluations}
 
 
-def _loop(app: Celery, settings: Settings) -> None:
+def _device_name(device: str) -> str:
+    """The device this worker trains on, resolved (``auto`` says which it chose)."""
+    from dyart.errors import ConfigError
+    from dyart.train import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except ConfigError:
+        return device
+
+
+def _loop(app: Celery, settings: Settings, me: workers.Identity) -> None:
     from worker.runner import DATABASE_DOWN, log_retry, session_factory
 
     clock = OutageClock(settings.stale_after_seconds, utcnow())
@@ -113,6 +127,7 @@ def _loop(app: Celery, settings: Settings) -> None:
             log.warning("could not touch %s: %s", settings.worker_alive_file, exc)
         try:
             with session_factory()() as session:
+                workers.beat(session, me)
                 sweep_once(session, app, settings, clock.began)
             clock.answered(utcnow())
         except Exception as exc:  # a database or broker blip: try again next time
@@ -124,14 +139,32 @@ def _loop(app: Celery, settings: Settings) -> None:
 
 def start_sweeper(app: Celery, settings: Settings) -> threading.Thread:
     """Start the sweep thread of this process (once)."""
-    global _thread
+    global _thread, _me
     if _thread is None or not _thread.is_alive():
         _stop.clear()
-        _thread = threading.Thread(target=_loop, args=(app, settings), name="sweep", daemon=True)
+        _me = workers.Identity(
+            queue=settings.worker_queue,
+            device=_device_name(settings.device),
+            beat_seconds=settings.sweep_seconds,
+        )
+        _thread = threading.Thread(
+            target=_loop, args=(app, settings, _me), name="sweep", daemon=True
+        )
         _thread.start()
-        log.info("stale-job sweep every %ss", settings.sweep_seconds)
+        log.info("stale-job sweep every %ss (worker %s)", settings.sweep_seconds, _me.id)
     return _thread
 
 
 def stop_sweeper() -> None:
+    """Stop the sweep and remove this worker's row of presence (best effort: a row
+    left behind stops counting after a few missed beats)."""
+    from worker.runner import session_factory
+
     _stop.set()
+    if _me is None:
+        return
+    try:
+        with session_factory()() as session:
+            workers.leave(session, _me)
+    except Exception as exc:
+        log.warning("could not remove this worker's row of presence: %s", exc)

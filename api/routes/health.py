@@ -1,4 +1,5 @@
-"""Liveness and readiness: is the database answering, is the broker reachable."""
+"""Liveness and readiness: is the database answering, is the broker reachable, and how
+many workers can take a job (their rows of presence, :mod:`db.workers`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from api import __version__
 from api.celery_client import broker_reachable
 from api.routes import API_PREFIX, error_responses
 from api.schemas import HealthPublic
+from db import workers
 
 router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
@@ -23,11 +25,23 @@ def _database_ok(request: Request) -> bool:
     return True
 
 
+def _workers_present(request: Request) -> int | None:
+    """Workers on this server's queue seen lately; None when they cannot be counted."""
+    try:
+        with request.app.state.session_factory() as session:
+            return len(workers.present(session, request.app.state.settings.worker_queue))
+    except Exception:
+        return None
+
+
 def _health(request: Request) -> HealthPublic:
     database = "ok" if _database_ok(request) else "unreachable"
+    present = _workers_present(request) if database == "ok" else None
     broker = "ok" if broker_reachable(request.app.state.celery) else "unreachable"
     status = "ok" if database == broker == "ok" else "degraded"
-    return HealthPublic(status=status, database=database, broker=broker, version=__version__)
+    return HealthPublic(
+        status=status, database=database, broker=broker, workers=present, version=__version__
+    )
 
 
 @router.get("/health", response_model=HealthPublic)

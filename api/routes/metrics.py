@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics: requests by route, and jobs by status.
+"""Prometheus metrics at /metrics: requests by route, jobs by status, workers by queue.
 
 Each app has its own registry (tests build many apps in one process). The
 jobs gauge is read from the database when Prometheus scrapes, so it is never
@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from api.errors import AuthMissingError
+from db import workers
 from db.models import Job
 
 router = APIRouter(tags=["metrics"])
@@ -54,6 +55,27 @@ class JobsByStatusCollector:
         yield gauge
 
 
+class WorkersCollector:
+    """``dyart_workers{queue=...}``: workers seen within their last 3 beats, per queue
+    (alert on 0 for the API's queue: its queued jobs wait)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("dyart_workers", "Workers present, by queue", labels=["queue"])
+        counts = {self.app.state.settings.worker_queue: 0}
+        try:
+            with self.app.state.session_factory() as session:
+                for row in workers.present(session):
+                    counts[row.queue] = counts.get(row.queue, 0) + 1
+        except Exception:  # a scrape must not fail because the DB blinked
+            return
+        for queue, n in sorted(counts.items()):
+            gauge.add_metric([queue], n)
+        yield gauge
+
+
 def make_registry(app: Any) -> CollectorRegistry:
     """A fresh registry with the request metrics and the jobs collector."""
     registry = CollectorRegistry()
@@ -70,6 +92,7 @@ def make_registry(app: Any) -> CollectorRegistry:
         registry=registry,
     )
     registry.register(JobsByStatusCollector(app))
+    registry.register(WorkersCollector(app))
     return registry
 
 

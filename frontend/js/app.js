@@ -8,6 +8,27 @@ import { comparePage } from "./compare.js";
 
 let cleanup = null;
 const RETRY_SECONDS = 5;
+const WORKERS_SECONDS = 30;
+let workersTimer = null;
+
+/** Says when no worker is there to run a job (GET /health counts them); checked on
+ * every page change and every WORKERS_SECONDS. Says nothing when it cannot tell. */
+async function checkWorkers() {
+  clearTimeout(workersTimer);
+  workersTimer = setTimeout(checkWorkers, WORKERS_SECONDS * 1000);
+  const note = document.getElementById("workers-note");
+  let workers = null;
+  try {
+    workers = (await api("/health")).workers;
+  } catch (error) {
+    workers = null;
+  }
+  note.hidden = workers !== 0;
+  note.textContent = workers === 0
+    ? "No worker is running on this server: queued jobs wait until one starts. " +
+      "(The server's operator can see them with: dyart-service workers.)"
+    : "";
+}
 
 function parseHash() {
   const raw = location.hash.replace(/^#/, "") || "/jobs";
@@ -26,6 +47,7 @@ async function route() {
   if (cleanup) cleanup();
   cleanup = null;
   clearStaleNotice();
+  checkWorkers();
   const main = document.getElementById("app");
   main.replaceChildren();
   const hash = parseHash();
