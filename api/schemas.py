@@ -194,6 +194,7 @@ class MetricsPage(BaseModel):
 
 
 class LogLine(BaseModel):
+    id: int = Field(description="increases with every line of the server; `?after=` takes it")
     ts: UtcDatetime
     level: str
     message: str

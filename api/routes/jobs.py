@@ -83,7 +83,7 @@ def metric_public(row: JobMetric) -> MetricPublic:
 
 
 def log_line(row: JobLog) -> LogLine:
-    return LogLine(ts=row.ts, level=row.level, message=row.message)
+    return LogLine(id=row.id, ts=row.ts, level=row.level, message=row.message)
 
 
 def _progress(job: Job, total: int, latest: JobMetric | None) -> float:
@@ -329,9 +329,19 @@ def job_metrics(job: OwnedJob, session: SessionDep) -> MetricsPage:
 
 
 @router.get("/jobs/{job_id}/log", response_model=LogPage)
-def job_log(job: OwnedJob, session: SessionDep, tail: int = Query(200, ge=1, le=5000)) -> LogPage:
-    """The last ``tail`` log lines of the job, oldest first."""
-    rows = session.scalars(
-        select(JobLog).where(JobLog.job_id == job.id).order_by(JobLog.id.desc()).limit(tail)
-    ).all()
+def job_log(
+    job: OwnedJob,
+    session: SessionDep,
+    tail: int = Query(200, ge=1, le=5000, description="at most this many lines"),
+    after: int | None = Query(
+        None, ge=0, description="only lines after this line id (follow a log: pass the last id)"
+    ),
+) -> LogPage:
+    """The last ``tail`` log lines of the job, oldest first; with ``after``, the first
+    ``tail`` lines after that one."""
+    query = select(JobLog).where(JobLog.job_id == job.id)
+    if after is not None:
+        rows = session.scalars(query.where(JobLog.id > after).order_by(JobLog.id).limit(tail))
+        return LogPage(lines=[log_line(r) for r in rows])
+    rows = session.scalars(query.order_by(JobLog.id.desc()).limit(tail)).all()
     return LogPage(lines=[log_line(r) for r in reversed(rows)])

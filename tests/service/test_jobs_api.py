@@ -159,6 +159,15 @@ def test_metrics_log_and_progress_come_from_the_rows(client, make_job, app):
     ]
     log = client().get(f"/api/v1/jobs/{job['id']}/log?tail=2").json()["lines"]
     assert [line["message"] for line in log] == ["line 3", "line 4"]
+    everything = client().get(f"/api/v1/jobs/{job['id']}/log").json()["lines"]
+    first = everything[0]["id"]
+    assert [line["id"] for line in everything] == list(range(first, first + 5))
+    after = client().get(f"/api/v1/jobs/{job['id']}/log?after={first}&tail=2").json()["lines"]
+    assert [line["message"] for line in after] == ["line 1", "line 2"]
+    last = everything[-1]["id"]
+    assert client().get(f"/api/v1/jobs/{job['id']}/log?after={last}").json()["lines"] == []
+    bad = client().get(f"/api/v1/jobs/{job['id']}/log?after=-1")
+    assert bad.status_code == 422 and "after" in bad.text
     got = client().get(f"/api/v1/jobs/{job['id']}").json()
     assert got["latest_metrics"]["stage"] == "train" and got["best"] == {
         "val_pgd_acc": 0.4,
