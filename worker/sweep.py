@@ -116,10 +116,40 @@ def _device_name(device: str) -> str:
         return device
 
 
+class Presence:
+    """Writes this worker's row of presence. A failure (a database not yet migrated
+    for this version, during a rolling upgrade) is logged once and does not keep the
+    sweep from requeueing stale jobs; an outage makes the sweep itself fail next."""
+
+    def __init__(self, me: workers.Identity):
+        self.me, self.failing = me, False
+
+    def beat(self, session: Any) -> None:
+        try:
+            workers.beat(session, self.me)
+        except Exception as exc:
+            try:
+                session.rollback()
+            except Exception:  # the connection is gone: the sweep's query says so
+                pass
+            if not self.failing:
+                log.warning(
+                    "could not write this worker's row of presence (/health will not count "
+                    "it; is the database migrated? dyart-service migrate): %s",
+                    str(exc).strip().splitlines()[0],
+                )
+            self.failing = True
+        else:
+            if self.failing:
+                log.info("this worker's row of presence is written again")
+            self.failing = False
+
+
 def _loop(app: Celery, settings: Settings, me: workers.Identity) -> None:
     from worker.runner import DATABASE_DOWN, log_retry, session_factory
 
     clock = OutageClock(settings.stale_after_seconds, utcnow())
+    presence = Presence(me)
     while not _stop.is_set():
         try:  # the container's health check reads this file's age (worker.alive)
             alive.touch(settings.worker_alive_file)
@@ -127,7 +157,7 @@ def _loop(app: Celery, settings: Settings, me: workers.Identity) -> None:
             log.warning("could not touch %s: %s", settings.worker_alive_file, exc)
         try:
             with session_factory()() as session:
-                workers.beat(session, me)
+                presence.beat(session)
                 sweep_once(session, app, settings, clock.began)
             clock.answered(utcnow())
         except Exception as exc:  # a database or broker blip: try again next time

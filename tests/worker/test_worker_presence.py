@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from api.main import create_app
 from db import workers
-from db.models import WorkerPresence, utcnow
+from db.models import Job, WorkerPresence, utcnow
 from tests.conftest import ROOT, subprocess_env
 from tests.service.conftest import BASE, TestClient
 from tests.worker.conftest import wait_for
@@ -121,3 +121,29 @@ def test_health_says_null_workers_when_the_database_is_down(settings, tmp_path):
         assert (body["database"], body["workers"]) == ("unreachable", None)
     finally:
         app.state.engine.dispose()
+
+
+def test_a_failed_beat_is_logged_once_and_leaves_the_sweeps_session_usable(
+    session_factory, settings, caplog
+):
+    # A worker upgraded before the database was migrated (rolling upgrade): its
+    # presence cannot be written, but stale jobs must still be requeued.
+    from db.models import Base
+    from worker.sweep import Presence
+
+    table = Base.metadata.tables["worker_presence"]
+    presence, engine = Presence(_me()), session_factory.kw["bind"]
+    table.drop(engine)
+    try:
+        with session_factory() as session, caplog.at_level("INFO", "worker.sweep"):
+            presence.beat(session)
+            presence.beat(session)
+            assert session.query(Job).count() == 0  # the session is usable after the failure
+            table.create(engine)
+            presence.beat(session)
+            assert [w.id for w in workers.every(session)] == [presence.me.id]
+    finally:
+        table.create(engine, checkfirst=True)
+    messages = [r.getMessage() for r in caplog.records if r.name == "worker.sweep"]
+    assert len([m for m in messages if "could not write this worker's row" in m]) == 1
+    assert messages[-1] == "this worker's row of presence is written again"
