@@ -16,6 +16,14 @@ changed since the last look (about twice a second) and emits it:
 Event ids are ``<last metric id>-<last log id>``: a client that reconnects with
 ``Last-Event-ID`` (or ``?since=``) gets only the rows it has not seen, plus the
 current job and evaluations.
+
+Every stream of the process polls through one narrow lane of ``POLL_THREADS``
+threads, not the threadpool that serves the other requests: a poll holds a thread
+and a pooled database connection while it reads, and with many streams open (one
+per dashboard tab on a job page) and reads that are slow (a locked table, a busy
+disk), polls would otherwise take every thread and every connection, and the rest
+of the API would hang until the pool timed out. Past the lane's width the streams
+take turns, each polling less often; other requests keep their threads.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio import to_thread
+from anyio.lowlevel import RunVar
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.errors import database_down
 from db.models import Job, JobLog, JobMetric
@@ -43,6 +52,10 @@ KEEPALIVE_SECONDS = 15.0
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
 _MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
 LOG_BATCH = 1000  # log rows per poll; a longer backlog goes out over the next polls
+# Threads (so also database connections) all streams' polls share; well under the
+# pool's 5 + 10 connections and the 40 threads of the request threadpool.
+POLL_THREADS = 4
+_poll_lane: RunVar[anyio.CapacityLimiter] = RunVar("dyart_events_poll_lane")
 UNAVAILABLE = (
     "database unavailable: the service cannot reach its database right now; "
     "live updates resume when it answers"
@@ -118,6 +131,16 @@ def take_snapshot(session_factory: Any, job_id: str, cursor: Cursor) -> Snapshot
         )
 
 
+def poll_lane() -> anyio.CapacityLimiter:
+    """The limiter every stream's polls share (one per event loop, made on first use)."""
+    try:
+        return _poll_lane.get()
+    except LookupError:
+        lane = anyio.CapacityLimiter(POLL_THREADS)
+        _poll_lane.set(lane)
+        return lane
+
+
 def sse(event: str, data: Any, ident: Cursor | None = None) -> str:
     """One SSE message (``data`` as one line of JSON)."""
     head = f"id: {ident}\n" if ident is not None else ""
@@ -161,8 +184,12 @@ class JobEventStream:
         down = False
         while not await is_disconnected():
             try:
-                snap = await run_in_threadpool(
-                    take_snapshot, self.session_factory, self.job_id, self.cursor
+                snap = await to_thread.run_sync(
+                    take_snapshot,
+                    self.session_factory,
+                    self.job_id,
+                    self.cursor,
+                    limiter=poll_lane(),
                 )
             except Exception as exc:
                 if not database_down(exc):
