@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator
 
 from api.errors import FieldsInvalidError
 from dyart import catalog
@@ -229,10 +229,31 @@ class EvaluationCreate(BaseModel):
         min_length=1, max_length=MAX_EPS, description="L-inf radii on the pixel scale, in [0, 1]"
     )
     preset: Literal["standard", "custom", "fast"] = "standard"
-    n: int = Field(default=1000, ge=1, le=100000, strict=True, description="test images to attack")
-    checkpoint: Literal["best", "final"] | None = Field(
-        default=None, description="which checkpoint (default: final, else best)"
+    n: int = Field(
+        default=1000,
+        ge=1,
+        le=100000,
+        strict=True,
+        description="test images to attack (at most the dataset's test set, which is all of it)",
     )
+    checkpoint: Literal["best", "final"] | None = Field(
+        default=None,
+        description="which checkpoint (default: best, else final; best is the one the job's "
+        "own evaluation attacks)",
+    )
+
+    @field_validator("eps")
+    @classmethod
+    def _distinct(cls, eps: list[float]) -> list[float]:
+        # radii equal to 6 significant digits share one result folder: one would be
+        # reported for the other
+        seen: dict[str, float] = {}
+        for value in eps:
+            key = f"{value:.6g}"
+            if key in seen:
+                raise ValueError(f"{value:g} is given twice (as {seen[key]:g}); list each eps once")
+            seen[key] = value
+        return eps
 
 
 class EpsResult(BaseModel):
@@ -246,7 +267,15 @@ class EvaluationPublic(BaseModel):
     id: str
     job_id: str
     checkpoint_id: str | None
-    status: str
+    checkpoint_kind: str | None = Field(
+        None, description="`best` or `final`: the checkpoint evaluated (null for old rows)"
+    )
+    checkpoint_epoch: int | None = Field(None, description="the epoch its weights are from")
+    checkpoint_sha256: str | None = Field(
+        None, description="sha256 of the weights evaluated (the safetensors file)"
+    )
+    status: str = Field(description="queued, running, succeeded, failed or canceled")
+    cancel_requested: bool = False
     preset: str
     n: int
     norm: str

@@ -66,9 +66,15 @@ def renew_evaluation_lease(
 
 
 def finish_evaluation(
-    session: Session, evaluation_id: str, worker_id: str | None, status: str, **values: Any
+    session: Session,
+    evaluation_id: str,
+    worker_id: str | None,
+    status: str,
+    commit: bool = True,
+    **values: Any,
 ) -> bool:
-    """End a running evaluation (succeeded with ``results``, or failed with ``error``)."""
+    """End a running evaluation (succeeded with ``results``, failed with ``error``, or
+    canceled)."""
     query = update(Evaluation).where(Evaluation.id == evaluation_id, Evaluation.status == "running")
     if worker_id is not None:
         query = query.where(Evaluation.lease_owner == worker_id)
@@ -77,7 +83,8 @@ def finish_evaluation(
             status=status, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, **values
         ).execution_options(synchronize_session=False)
     )
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
 
 
@@ -129,3 +136,60 @@ def queued_evaluations_to_resend(session: Session, now: datetime, resend_after: 
     it, or lost it) would otherwise wait forever.
     """
     return stamp_queued_to_resend(session, Evaluation, now, resend_after)
+
+
+def request_cancel(session: Session, evaluation_id: str, now: datetime | None = None) -> str:
+    """Cancel: a queued evaluation ends canceled at once; a running one gets
+    ``cancel_requested`` and its worker stops it before the next attack. The caller
+    commits. Returns what was done: ``canceled``, ``requested`` or ``none`` (it had
+    ended meanwhile)."""
+    now = now or utcnow()
+    ended = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
+        .values(
+            status="canceled",
+            finished_at=now,
+            cancel_requested=True,
+            error="canceled before it started",
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
+    if ended.rowcount == 1:
+        return "canceled"
+    asked = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.status == "running")
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return "requested" if asked.rowcount == 1 else "none"
+
+
+def is_cancel_requested(session: Session, evaluation_id: str) -> bool:
+    return bool(
+        session.scalar(select(Evaluation.cancel_requested).where(Evaluation.id == evaluation_id))
+    )
+
+
+def release_evaluation(session: Session, evaluation_id: str, worker_id: str) -> str | None:
+    """A shutting-down worker gives a running evaluation back: queued again with its
+    attempt not counted (finished attacks are kept on disk), or canceled if a cancel
+    was asked. Commits; None if this worker no longer held it."""
+    row = session.get(Evaluation, evaluation_id)
+    if row is None or row.status != "running" or row.lease_owner != worker_id:
+        return None
+    if row.cancel_requested:
+        values: dict[str, Any] = {"status": "canceled", "finished_at": utcnow(),
+                                  "error": "canceled while running"}  # fmt: skip
+    else:
+        values = queued_again(utcnow(), give_back=row.attempts)
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.lease_owner == worker_id)
+        .where(Evaluation.status == "running")
+        .values(lease_owner=None, lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return values["status"] if result.rowcount == 1 else None

@@ -224,6 +224,12 @@ class Evaluation(Base):
     eps: Mapped[list[float]] = mapped_column(JSON, default=list)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     leaderboard_grade: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the weights evaluated, pinned when it was asked for: a job's best and final
+    # checkpoints are replaced while it trains, and a result names what it measured
+    checkpoint_kind: Mapped[str | None] = mapped_column(String(20))
+    checkpoint_epoch: Mapped[int | None]
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200))

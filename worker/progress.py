@@ -234,11 +234,15 @@ class DbCallback(Callback):
             if evaluation is None:
                 return
             checkpoint = session.scalars(
-                select(Checkpoint.id).where(
+                select(Checkpoint).where(
                     Checkpoint.job_id == self.job_id, Checkpoint.kind == result.get("checkpoint")
                 )
             ).first()
-            evaluation.checkpoint_id = checkpoint
+            if checkpoint is not None:  # the weights it attacked, pinned like a requested one's
+                evaluation.checkpoint_id = checkpoint.id
+                evaluation.checkpoint_kind = checkpoint.kind
+                evaluation.checkpoint_epoch = checkpoint.epoch
+                evaluation.checkpoint_sha256 = checkpoint.sha256
             evaluation.results = list(result.get("results") or [])
             evaluation.n = int(result.get("n") or evaluation.n)
             evaluation.leaderboard_grade = bool(result.get("leaderboard_grade"))

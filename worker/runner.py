@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -50,7 +51,7 @@ from db.burn_in import find_reusable_burn_in
 from db.models import Checkpoint, Evaluation, Job
 from db.session import make_engine, make_session_factory
 from db.settings import Settings, get_settings
-from worker.artifacts import ArtifactStore
+from worker.artifacts import ArtifactStore, file_sha256
 from worker.progress import DbCallback, LeaseLostError
 
 log = logging.getLogger("worker")
@@ -308,7 +309,8 @@ def _train(
     )  # fmt: skip
     try:
         trainer = _make_trainer(job_id, config_dict, settings, factory, store, callback)
-        trainer.run()
+        with _warnings_to_log(factory, job_id, "evaluate"):
+            trainer.run()
     except LeaseLostError:
         log.warning("job %s: lease lost; leaving it to its new worker", job_id)
         return {"job_id": job_id, "status": "lease_lost"}
@@ -455,8 +457,18 @@ def _end(
 
 
 def run_evaluation(evaluation_id: str) -> dict[str, Any]:
-    """AutoAttack on an existing checkpoint (POST .../evaluations), under its own lease."""
+    """AutoAttack on an existing checkpoint (POST .../evaluations), under its own lease.
+
+    Stops before its next attack when its lease is lost, when the user cancels it,
+    or at a warm shutdown (it is then queued again, its attempt not counted; the
+    attacks it finished are kept and reused)."""
     settings, factory, me = get_settings(), session_factory(), new_worker_id()
+    store = ArtifactStore(settings.artifacts_dir)
+    if SHUTDOWN.is_set():  # a message fetched during a warm shutdown: leave it to others
+        from worker.app import app
+
+        app.send_task("worker.run_evaluation", args=[evaluation_id])
+        return {"skipped": "this worker is shutting down; task sent again"}
     with factory() as session:
         claimed = evaluations.claim_evaluation(
             session, evaluation_id, me, settings.lease_seconds, settings.max_attempts
@@ -465,25 +477,113 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
             evaluation = session.get(Evaluation, evaluation_id)
             status = evaluation.status if evaluation is not None else "missing"
             return {"skipped": f"evaluation is {status}", "evaluation_id": evaluation_id}
-        spec = _evaluation_spec(session, evaluation_id, ArtifactStore(settings.artifacts_dir))
+        spec = _evaluation_spec(session, evaluation_id, store)
+        jobs.add_log(session, spec["job_id"], f"{spec['name']}: started on worker {me}")
+        session.commit()
     renew = _renewer(
         factory, evaluations.renew_evaluation_lease, evaluation_id, me, settings.lease_seconds
     )
     keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds)
+    canceled = _CancelPoll(factory, evaluation_id, settings.heartbeat_seconds)
     from dyart.errors import StopRequested
+
+    def should_stop() -> bool:
+        return keeper.lost.is_set() or SHUTDOWN.is_set() or canceled()
 
     keeper.start()
     try:
-        values = {"status": "succeeded", **_autoattack(spec, settings, keeper.lost.is_set)}
-    except StopRequested:  # the lease went to another worker: it writes the result
-        log.warning("evaluation %s: lease lost, stopped before the next attack", evaluation_id)
-        return {"evaluation_id": evaluation_id, "status": "lease_lost"}
+        with _warnings_to_log(factory, spec["job_id"], spec["name"]):
+            values = {"status": "succeeded", **_autoattack(spec, settings, should_stop)}
+    except StopRequested:
+        if keeper.lost.is_set():  # the lease went to another worker: it writes the result
+            log.warning("evaluation %s: lease lost, stopped before the next attack", evaluation_id)
+            return {"evaluation_id": evaluation_id, "status": "lease_lost"}
+        if SHUTDOWN.is_set() and not canceled():
+            return _hand_over_evaluation(factory, evaluation_id, me, spec)
+        values = {"status": "canceled", "error": "canceled while running"}
     except Exception as exc:
-        values = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}".replace(f"{store.root}/", "")
+        values = {"status": "failed", "error": error}
         log.exception("evaluation %s failed", evaluation_id)
     finally:
         keeper.stop()
-    return _end_evaluation(factory, evaluation_id, me, values, settings.lease_seconds)
+    return _end_evaluation(factory, evaluation_id, me, values, settings.lease_seconds, spec)
+
+
+class _CancelPoll:
+    """Whether the user canceled the evaluation, asked of the database at most every
+    ``interval`` seconds (the attacks ask before each one)."""
+
+    def __init__(self, factory: sessionmaker[Session], evaluation_id: str, interval: float):
+        self.factory, self.evaluation_id, self.interval = factory, evaluation_id, interval
+        self.asked, self.canceled = -float("inf"), False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.canceled and now - self.asked >= self.interval:
+            self.asked = now
+            try:
+                with self.factory() as session:
+                    self.canceled = evaluations.is_cancel_requested(session, self.evaluation_id)
+            except DATABASE_DOWN:
+                pass  # asked again next time; the lease keeper minds the outage
+        return self.canceled
+
+
+class _warnings_to_log:
+    """The evaluation's warnings (``EvaluationWarning``: a model in train mode, outputs
+    that look like probabilities, signs of gradient masking) go to the job's log as
+    well as the worker's, where the user sees them. Other warnings are left alone."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: str, prefix: str):
+        self.factory, self.job_id, self.prefix = factory, job_id, prefix
+        self._catcher = warnings.catch_warnings()
+
+    def __enter__(self) -> None:
+        from dyart.evaluate import EvaluationWarning
+
+        self._catcher.__enter__()
+        warnings.simplefilter("always", EvaluationWarning)
+        shown = warnings.showwarning
+
+        def show(message: Any, category: type, filename: str, lineno: int, *rest: Any) -> None:
+            shown(message, category, filename, lineno, *rest)
+            if not issubclass(category, EvaluationWarning):
+                return
+            try:
+                with self.factory() as session:
+                    jobs.add_log(
+                        session, self.job_id, f"{self.prefix}: warning: {message}", "WARNING"
+                    )
+                    session.commit()
+            except Exception as exc:  # the warning is in the worker's log anyway
+                log.warning("could not add a warning to job %s's log: %s", self.job_id, exc)
+
+        warnings.showwarning = show
+
+    def __exit__(self, *exc: Any) -> None:
+        self._catcher.__exit__(*exc)
+
+
+def _hand_over_evaluation(
+    factory: sessionmaker[Session], evaluation_id: str, me: str, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Warm shutdown: the evaluation goes back to the queue for another worker (its
+    attempt not counted), or ends canceled if a cancel was asked meanwhile."""
+    with factory() as session:
+        status = evaluations.release_evaluation(session, evaluation_id, me)
+        if status is not None:
+            message = "worker shutting down: queued again, finished attacks kept"
+            jobs.add_log(session, spec["job_id"], f"{spec['name']}: {status}: {message}")
+            session.commit()
+    if status is None:
+        return {"evaluation_id": evaluation_id, "status": "lease_lost"}
+    if status == "queued":
+        from worker.app import app
+
+        app.send_task("worker.run_evaluation", args=[evaluation_id])
+        return {"evaluation_id": evaluation_id, "status": "handed_over"}
+    return {"evaluation_id": evaluation_id, "status": status}
 
 
 def _end_evaluation(
@@ -492,12 +592,22 @@ def _end_evaluation(
     me: str,
     values: dict[str, Any],
     lease: float,
+    spec: dict[str, Any],
 ) -> dict[str, Any]:
     """Write the evaluation's result, through a database outage of up to ``lease`` s."""
 
     def write() -> bool:
         with factory() as session:
-            return evaluations.finish_evaluation(session, evaluation_id, me, **values)
+            ended = evaluations.finish_evaluation(
+                session, evaluation_id, me, commit=False, **values
+            )
+            if ended:
+                said = values.get("error") or _results_line(values.get("results") or [])
+                level = "ERROR" if values["status"] == "failed" else "INFO"
+                jobs.add_log(session, spec["job_id"], f"{spec['name']}: {values['status']}: {said}",
+                             level)  # fmt: skip
+            session.commit()
+            return ended
 
     what = f"evaluation {evaluation_id}: ending {values['status']}"
     if write_through_outage(factory, lease, what, write) is None:
@@ -505,11 +615,33 @@ def _end_evaluation(
     return {"evaluation_id": evaluation_id, "status": values["status"]}
 
 
+def _results_line(results: list[dict[str, Any]]) -> str:
+    """``eps 0.1: clean 0.912, robust 0.634; ...``"""
+
+    def number(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    return "; ".join(
+        f"eps {r.get('eps'):g}: clean {number(r.get('clean_acc'))}, "
+        f"robust {number(r.get('robust_acc'))}"
+        for r in results
+    )
+
+
 def _evaluation_spec(session: Session, evaluation_id: str, store: ArtifactStore) -> dict:
     evaluation = session.get(Evaluation, evaluation_id)
     job = session.get(Job, evaluation.job_id)
     checkpoint = session.get(Checkpoint, evaluation.checkpoint_id)
+    pinned = (
+        f"{evaluation.checkpoint_kind} checkpoint, epoch {evaluation.checkpoint_epoch}"
+        if evaluation.checkpoint_kind
+        else "checkpoint"
+    )
     return {
+        "job_id": job.id,
+        "name": f"evaluation {evaluation.id[:8]} ({evaluation.preset}, n={evaluation.n}, {pinned})",
+        "sha256": evaluation.checkpoint_sha256,
+        "pinned": pinned,
         "config": dict(job.config),
         "weights": store.resolve(checkpoint.path) if checkpoint is not None else None,
         "state_dir": store.job_dir(job.id) / "state" / "evaluations" / evaluation_id,
@@ -536,6 +668,15 @@ def _autoattack(
 
     if spec["weights"] is None:
         raise CheckpointError("checkpoint: the evaluation's checkpoint no longer exists")
+    if (
+        spec["sha256"]
+        and spec["weights"].is_file()
+        and file_sha256(spec["weights"]) != spec["sha256"]
+    ):
+        raise CheckpointError(
+            f"checkpoint: the {spec['pinned']} was replaced by newer weights after this "
+            "evaluation was asked for; ask again to evaluate the checkpoint as it is now"
+        )
     config = TrainConfig.from_dict(spec["config"], settings.data_dir, stored=True)
     device = resolve_device(settings.device)
     data = load_dataset(

@@ -7,12 +7,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_EVALUATION, send_task
-from api.deps import OwnedJob, SessionDep
-from api.errors import StateConflictError
+from api.deps import _ID, OwnedJob, SessionDep
+from api.errors import ResourceNotFoundError, StateConflictError
 from api.routes import API_PREFIX, AUTHED_ERRORS
 from api.routes.catalog import FULL_TEST_SIZE
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
-from db.models import Checkpoint, Evaluation, Job, utcnow
+from db import evaluations
+from db.models import FINAL_STATUSES, Checkpoint, Evaluation, Job, utcnow
 
 router = APIRouter(prefix=API_PREFIX, tags=["evaluations"], responses=AUTHED_ERRORS)
 
@@ -23,6 +24,9 @@ def leaderboard_grade(preset: str, n: int, dataset: str | None) -> bool:
     return preset == "standard" and full is not None and n >= full
 
 
+PENDING = ("queued", "running")
+
+
 def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
     dataset = (job.config or {}).get("dataset")
     results = [EpsResult(**r) for r in (evaluation.results or [])]
@@ -30,7 +34,11 @@ def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
         id=evaluation.id,
         job_id=evaluation.job_id,
         checkpoint_id=evaluation.checkpoint_id,
+        checkpoint_kind=evaluation.checkpoint_kind,
+        checkpoint_epoch=evaluation.checkpoint_epoch,
+        checkpoint_sha256=evaluation.checkpoint_sha256,
         status=evaluation.status,
+        cancel_requested=bool(evaluation.cancel_requested),
         preset=evaluation.preset,
         n=evaluation.n,
         norm=evaluation.norm,
@@ -39,8 +47,10 @@ def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
         error=evaluation.error,
         created_at=evaluation.created_at,
         finished_at=evaluation.finished_at,
-        # The worker's flag (it knows the real test-set size) or the catalog's sizes.
+        # The worker's flag (it knows the real test-set size) or the catalog's sizes; a
+        # dataset without a published test set (synthetic) is never leaderboard-grade.
         leaderboard_grade=evaluation.status == "succeeded"
+        and dataset in FULL_TEST_SIZE
         and (
             bool(evaluation.leaderboard_grade)
             or leaderboard_grade(evaluation.preset, evaluation.n, dataset)
@@ -62,7 +72,7 @@ def list_evaluations(job: OwnedJob, session: SessionDep) -> EvaluationsPage:
 
 
 def _pick_checkpoint(session: Session, job: Job, kind: str | None) -> Checkpoint:
-    kinds = [kind] if kind else ["final", "best"]
+    kinds = [kind] if kind else ["best", "final"]
     for wanted in kinds:
         row = session.scalars(
             select(Checkpoint)
@@ -72,8 +82,13 @@ def _pick_checkpoint(session: Session, job: Job, kind: str | None) -> Checkpoint
         ).first()
         if row is not None:
             return row
+    which = " or ".join(kinds)
+    if job.status in FINAL_STATUSES:
+        raise StateConflictError(
+            f"job {job.id} ended {job.status} without a {which} checkpoint; nothing to evaluate"
+        )
     raise StateConflictError(
-        f"job {job.id} has no {' or '.join(kinds)} checkpoint yet; evaluate it when training ends"
+        f"job {job.id} has no {which} checkpoint yet; evaluate it once training has saved one"
     )
 
 
@@ -81,15 +96,40 @@ def _pick_checkpoint(session: Session, job: Job, kind: str | None) -> Checkpoint
 def create_evaluation(
     body: EvaluationCreate, job: OwnedJob, session: SessionDep, request: Request
 ) -> EvaluationPublic:
-    """Evaluate a checkpoint of the job with AutoAttack at the given eps."""
+    """Evaluate a checkpoint of the job with AutoAttack at the given eps.
+
+    The evaluation is pinned to the checkpoint's current weights (kind, epoch,
+    sha256): if training replaces them before it runs, it fails and says so. ``n``
+    above the dataset's test set is the whole test set. The same request while an
+    identical one (same weights, preset, n, eps) is queued or running returns that one.
+    """
     checkpoint = _pick_checkpoint(session, job, body.checkpoint)
-    norm = ((job.config or {}).get("hparams") or {}).get("norm", "linf")
+    config = job.config or {}
+    norm = (config.get("hparams") or {}).get("norm", "linf")
+    full = FULL_TEST_SIZE.get(config.get("dataset") or "")
+    n = min(body.n, full) if full is not None else body.n
+    same = session.scalars(
+        select(Evaluation).where(
+            Evaluation.job_id == job.id,
+            Evaluation.status.in_(PENDING),
+            Evaluation.cancel_requested.is_(False),
+            Evaluation.checkpoint_sha256 == checkpoint.sha256,
+            Evaluation.preset == body.preset,
+            Evaluation.n == n,
+        )
+    ).all()
+    for evaluation in same:
+        if list(evaluation.eps or []) == list(body.eps):
+            return evaluation_public(evaluation, job)
     evaluation = Evaluation(
         job_id=job.id,
         checkpoint_id=checkpoint.id,
+        checkpoint_kind=checkpoint.kind,
+        checkpoint_epoch=checkpoint.epoch,
+        checkpoint_sha256=checkpoint.sha256,
         status="queued",
         preset=body.preset,
-        n=body.n,
+        n=n,
         norm=norm,
         eps=list(body.eps),
         results=[],
@@ -98,4 +138,30 @@ def create_evaluation(
     session.add(evaluation)
     session.commit()
     send_task(request.app.state.celery, RUN_EVALUATION, evaluation.id)
+    return evaluation_public(evaluation, job)
+
+
+@router.post(
+    "/jobs/{job_id}/evaluations/{evaluation_id}/cancel",
+    status_code=202,
+    response_model=EvaluationPublic,
+)
+def cancel_evaluation(evaluation_id: str, job: OwnedJob, session: SessionDep) -> EvaluationPublic:
+    """Cancel an evaluation: a queued one ends at once, a running one before its next
+    attack (the attacks it finished are kept, and a new request with the same eps
+    reuses them)."""
+    evaluation = session.get(Evaluation, evaluation_id) if _ID.fullmatch(evaluation_id) else None
+    if evaluation is None or evaluation.job_id != job.id:
+        raise ResourceNotFoundError("evaluation", evaluation_id)
+    if evaluation.status not in PENDING:
+        raise StateConflictError(
+            f"evaluation {evaluation.id} is already {evaluation.status}; nothing to cancel"
+        )
+    if evaluation.lease_owner is None and evaluation.status == "running":
+        raise StateConflictError(
+            f"evaluation {evaluation.id} is the job's own; cancel the job instead"
+        )
+    evaluations.request_cancel(session, evaluation.id)
+    session.commit()
+    session.refresh(evaluation)
     return evaluation_public(evaluation, job)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from db.models import Checkpoint, Evaluation
+from db.models import Checkpoint, Evaluation, Job
 
 
 def _add_evaluation(app, job_id, preset, n, status="succeeded"):
@@ -45,7 +45,89 @@ def test_create_evaluation_needs_a_checkpoint(client, make_job):
     job = make_job(client, status="running")
     response = client().post(f"/api/v1/jobs/{job['id']}/evaluations", json={"eps": [0.1]})
     assert response.status_code == 409
-    assert "has no final or best checkpoint yet" in response.json()["detail"]
+    assert "has no best or final checkpoint yet" in response.json()["detail"]
+
+    ended = make_job(client, status="failed")  # training is over: no "wait" advice
+    response = client().post(f"/api/v1/jobs/{ended['id']}/evaluations", json={"eps": [0.1]})
+    assert response.status_code == 409
+    assert response.json()["detail"].endswith(
+        "ended failed without a best or final checkpoint; nothing to evaluate"
+    )
+
+
+def _checkpoint(app, job_id, kind, epoch=3, sha256="ab" * 32):
+    with app.state.session_factory() as session:
+        row = Checkpoint(
+            job_id=job_id, kind=kind, stage="train", epoch=epoch, path=f"{kind}.safetensors",
+            size=1, sha256=sha256,
+        )  # fmt: skip
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def test_an_evaluation_is_pinned_to_the_weights_of_the_best_checkpoint(client, make_job, app):
+    job = make_job(client, status="succeeded")  # digits: 360 test images
+    _checkpoint(app, job["id"], "final", epoch=8, sha256="f" * 64)
+    best = _checkpoint(app, job["id"], "best", epoch=5, sha256="b" * 64)
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    created = client().post(url, json={"eps": [0.1], "n": 5000}).json()
+    assert (created["checkpoint_id"], created["checkpoint_kind"]) == (best, "best")
+    assert (created["checkpoint_epoch"], created["checkpoint_sha256"]) == (5, "b" * 64)
+    assert created["n"] == 360  # the whole test set, not a number it cannot reach
+
+    again = client().post(url, json={"eps": [0.1], "n": 360})  # the same request: the same one
+    assert again.status_code == 202 and again.json()["id"] == created["id"]
+    other = client().post(url, json={"eps": [0.1], "n": 360, "checkpoint": "final"}).json()
+    assert other["id"] != created["id"] and other["checkpoint_epoch"] == 8
+    assert len(client().get(url).json()["items"]) == 2
+
+
+def test_the_same_eps_twice_is_refused(client, make_job):
+    job = make_job(client, status="succeeded")
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    response = client().post(url, json={"eps": [0.1, 0.2, 0.1000000001]})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "eps" and "0.1 is given twice" in error["message"]
+
+
+def test_a_synthetic_dataset_is_never_leaderboard_grade(client, make_job, app):
+    job = make_job(client, status="succeeded")
+    with app.state.session_factory() as session:
+        row = session.get(Job, job["id"])
+        row.config = {**row.config, "dataset": "synthetic"}  # 128 test images, no leaderboard
+        row = Evaluation(job_id=job["id"], status="succeeded", preset="standard", n=128,
+                         norm="linf", eps=[0.1], results=[], leaderboard_grade=True)  # fmt: skip
+        session.add(row)
+        session.commit()
+    [evaluation] = client().get(f"/api/v1/jobs/{job['id']}/evaluations").json()["items"]
+    assert evaluation["leaderboard_grade"] is False
+
+
+def test_cancel_a_queued_evaluation_and_not_a_finished_one(client, make_job, app):
+    job = make_job(client, status="succeeded")
+    _checkpoint(app, job["id"], "best")
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    created = client().post(url, json={"eps": [0.1]}).json()
+
+    canceled = client().post(f"{url}/{created['id']}/cancel")
+    assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+    again = client().post(f"{url}/{created['id']}/cancel")
+    assert again.status_code == 409 and "already canceled" in again.json()["detail"]
+    assert client().post(f"{url}/{'0' * 32}/cancel").status_code == 404
+    assert client().post(f"{url}/nonsense/cancel").status_code == 404
+    # a canceled request does not capture the next identical one
+    assert client().post(url, json={"eps": [0.1]}).json()["id"] != created["id"]
+
+
+def test_another_users_evaluation_cannot_be_canceled(client, make_job, app, bob):
+    job = make_job(client, status="succeeded")
+    _checkpoint(app, job["id"], "best")
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    created = client().post(url, json={"eps": [0.1]}).json()
+    assert client(user=bob).post(f"{url}/{created['id']}/cancel").status_code == 404
+    assert client().get(url).json()["items"][0]["status"] == "queued"
 
 
 def test_create_evaluation_queues_a_row_for_the_final_checkpoint(client, make_job, app):

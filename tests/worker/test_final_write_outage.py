@@ -25,7 +25,7 @@ from db import evaluations, jobs
 from db.models import Evaluation, Job, JobLog, utcnow
 from db.session import make_session_factory
 from tests.conftest import BACKEND
-from tests.worker.conftest import TINY_JOB, resolved
+from tests.worker.conftest import TINY_JOB, log_lines, resolved
 from worker import runner
 
 
@@ -139,11 +139,17 @@ def test_an_evaluation_result_is_written_through_a_short_outage(
         assert evaluations.claim_evaluation(session, evaluation_id, "w", 30, 3, now=utcnow())
     values = {"status": "succeeded", "results": [{"eps": 0.1, "robust_acc": 0.5}]}
     with database_away_for(begin, 1.5):
-        result = runner._end_evaluation(factory, evaluation_id, "w", values, settings.lease_seconds)
+        spec = {"job_id": job_id, "name": "evaluation e"}
+        result = runner._end_evaluation(
+            factory, evaluation_id, "w", values, settings.lease_seconds, spec
+        )
     assert result == {"evaluation_id": evaluation_id, "status": "succeeded"}
     with session_factory() as session:
         row = session.get(Evaluation, evaluation_id)
         assert (row.status, row.results, row.lease_owner) == ("succeeded", values["results"], None)
+    assert "evaluation e: succeeded: eps 0.1: clean -, robust 0.500" in log_lines(
+        session_factory, job_id
+    )
 
 
 def test_an_outage_longer_than_the_lease_leaves_the_job_to_the_sweep(

@@ -1,0 +1,126 @@
+"""A requested evaluation: pinned to the weights it was asked for, canceled by its
+user, handed over at a warm shutdown, and its warnings in the job's log. Real
+database; real worker processes where a worker's behaviour is what is tested."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from db import evaluations, jobs
+from db.models import Checkpoint, Evaluation
+from dyart.config import TrainConfig
+from dyart.errors import CheckpointError
+from dyart.evaluate import EvaluationWarning
+from dyart.train import Trainer
+from tests.worker.conftest import TINY_JOB, log_lines, resolved, wait_for
+from worker import runner
+from worker.artifacts import ArtifactStore, file_sha256
+
+
+@pytest.fixture
+def trained(settings, session_factory, make_user) -> tuple[str, str]:
+    """A job with a burn-in model and its checkpoint row: (job id, checkpoint id)."""
+    owner, _ = make_user("owner")
+    config = resolved({**TINY_JOB, "eval_eps": []})
+    store = ArtifactStore(settings.artifacts_dir)
+    with session_factory() as session:
+        job = jobs.create_job(session, owner, config)
+        session.commit()
+        job_id = job.id
+    Trainer(TrainConfig.from_dict(config, settings.data_dir), store.job_dir(job_id),
+            device="cpu").run(("burn_in",))  # fmt: skip
+    weights = store.job_dir(job_id) / "model-burn_in.safetensors"
+    with session_factory() as session:
+        row = Checkpoint(job_id=job_id, kind="best", epoch=1, path=store.relative(weights),
+                         size=weights.stat().st_size, sha256=file_sha256(weights))  # fmt: skip
+        session.add(row)
+        session.commit()
+        return job_id, row.id
+
+
+def _ask(session_factory, trained, sha256=None, **fields) -> str:
+    job_id, checkpoint_id = trained
+    with session_factory() as session:
+        checkpoint = session.get(Checkpoint, checkpoint_id)
+        row = Evaluation(
+            job_id=job_id, checkpoint_id=checkpoint_id, checkpoint_kind="best",
+            checkpoint_epoch=1, checkpoint_sha256=sha256 or checkpoint.sha256,
+            **{"preset": "custom", "n": 40, "eps": [0.1], **fields},
+        )  # fmt: skip
+        session.add(row)
+        session.commit()
+        return row.id
+
+
+def _row(session_factory, evaluation_id) -> Evaluation:
+    with session_factory() as session:
+        row = session.get(Evaluation, evaluation_id)
+        session.expunge(row)
+        return row
+
+
+def test_weights_replaced_after_the_request_are_not_evaluated(settings, session_factory, trained):
+    evaluation_id = _ask(session_factory, trained, sha256="0" * 64)
+    with session_factory() as session:
+        spec = runner._evaluation_spec(
+            session, evaluation_id, ArtifactStore(settings.artifacts_dir)
+        )
+    with pytest.raises(CheckpointError, match="the best checkpoint, epoch 1 was replaced"):
+        runner._autoattack(spec, settings, lambda: False)
+
+
+def test_an_evaluation_warning_reaches_the_job_log_and_others_do_not(session_factory, trained):
+    job_id, _ = trained
+    with (
+        pytest.warns(UserWarning) as seen,
+        runner._warnings_to_log(session_factory, job_id, "evaluation 1234"),
+    ):
+        warnings.warn("some inputs have a zero gradient", EvaluationWarning, stacklevel=1)
+        warnings.warn("a library's own remark", UserWarning, stacklevel=1)
+    assert len(seen) == 2  # both still go to the worker's log
+    lines = log_lines(session_factory, job_id)
+    assert "evaluation 1234: warning: some inputs have a zero gradient" in lines
+    assert not any("a library's own remark" in line for line in lines)
+
+
+LONG = {"preset": "standard", "n": 360, "eps": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]}
+
+
+def test_a_running_evaluation_is_canceled_before_its_next_attack(
+    worker_process, sender, session_factory, trained
+):
+    evaluation_id = _ask(session_factory, trained, **LONG)
+    sender.send_task("worker.run_evaluation", args=[evaluation_id])
+    wait_for(lambda: _row(session_factory, evaluation_id).status == "running", "it to run", 120)
+    with session_factory() as session:
+        assert evaluations.request_cancel(session, evaluation_id) == "requested"
+        session.commit()
+    row = wait_for(
+        lambda: (r := _row(session_factory, evaluation_id)).status != "running" and r,
+        "the evaluation to stop", 120,
+    )  # fmt: skip
+    assert (row.status, row.error) == ("canceled", "canceled while running")
+    lines = log_lines(session_factory, trained[0])
+    assert any(line.endswith("canceled: canceled while running") for line in lines)
+
+
+def test_a_warm_shutdown_hands_a_running_evaluation_over(
+    worker_process, sender, session_factory, trained
+):
+    evaluation_id = _ask(session_factory, trained, **LONG)
+    sender.send_task("worker.run_evaluation", args=[evaluation_id])
+    wait_for(lambda: _row(session_factory, evaluation_id).status == "running", "it to run", 120)
+    worker_process.stop()  # SIGTERM: stops before its next attack, queued again
+    row = _row(session_factory, evaluation_id)
+    assert (row.status, row.attempts, row.lease_owner) == ("queued", 0, None)
+    assert any("queued: worker shutting down" in line for line in log_lines(
+        session_factory, trained[0]))  # fmt: skip
+
+    worker_process()  # another worker takes it from the queue and finishes it
+    row = wait_for(
+        lambda: (r := _row(session_factory, evaluation_id)).status == "succeeded" and r,
+        "the evaluation to finish", 300,
+    )  # fmt: skip
+    assert row.attempts == 1 and [r["eps"] for r in row.results] == LONG["eps"]
