@@ -124,3 +124,21 @@ def test_a_warm_shutdown_hands_a_running_evaluation_over(
         "the evaluation to finish", 300,
     )  # fmt: skip
     assert row.attempts == 1 and [r["eps"] for r in row.results] == LONG["eps"]
+
+
+def test_a_failed_evaluation_names_its_file_without_the_servers_folders(
+    worker_process, sender, session_factory, trained, settings
+):
+    job_id, checkpoint_id = trained
+    store = ArtifactStore(settings.artifacts_dir)
+    with session_factory() as session:
+        relative = session.get(Checkpoint, checkpoint_id).path
+    store.resolve(relative).unlink()  # the weights are gone
+    evaluation_id = _ask(session_factory, trained)
+    sender.send_task("worker.run_evaluation", args=[evaluation_id])
+    row = wait_for(
+        lambda: (r := _row(session_factory, evaluation_id)).status == "failed" and r,
+        "the evaluation to fail", 120,
+    )  # fmt: skip
+    assert relative in row.error and str(store.root) not in row.error
+    assert any(f"failed: {row.error}" in line for line in log_lines(session_factory, job_id))
