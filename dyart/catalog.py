@@ -68,6 +68,9 @@ class DatasetCard:
     # version of how the files become train / validation / test: a run or a burn-in
     # made on another version is not continued (its validation images were trained on)
     split: int = 1
+    # images in the test set every published number uses; None: no such set (only a
+    # standard-preset AutoAttack on all of them is a leaderboard-grade result)
+    test_size: int | None = None
 
     def missing_files(self, data_dir: str | Path) -> list[str]:
         """Files this dataset needs under ``data_dir`` that are not there."""
@@ -90,6 +93,7 @@ class DatasetCard:
             "description": self.description,
             "n_train": self.n_train,
             "val_size": self.val_size,
+            "test_size": self.test_size,
         }
         if data_dir is not None:
             out["available"] = not self.missing_files(data_dir)
@@ -182,6 +186,7 @@ DATASETS: dict[str, DatasetCard] = {
             _MNIST_STD,
             bundled=True,
             n_train=8000,
+            test_size=2000,
             val_size=1024,
             description=(
                 "The 10,000 images of the original MNIST test split, bundled with the "
@@ -201,6 +206,7 @@ DATASETS: dict[str, DatasetCard] = {
             (0.35,),
             bundled=True,
             n_train=1437,
+            test_size=360,
             val_size=256,
             description="scikit-learn's 8x8 handwritten digits, split 80/20 with seed 0.",
         ),
@@ -231,6 +237,7 @@ DATASETS: dict[str, DatasetCard] = {
             _CIFAR_STD,
             bundled=False,
             n_train=50000,
+            test_size=10000,
             val_size=1024,
             files=tuple(
                 f"cifar-10-batches-py/{f}"
@@ -250,6 +257,7 @@ DATASETS: dict[str, DatasetCard] = {
             (0.2673, 0.2564, 0.2762),
             bundled=False,
             n_train=50000,
+            test_size=10000,
             val_size=1024,
             files=("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
         ),
@@ -265,6 +273,7 @@ DATASETS: dict[str, DatasetCard] = {
             (0.1980, 0.2010, 0.1970),
             bundled=False,
             n_train=73257,
+            test_size=26032,
             val_size=1024,
             files=("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
         ),
@@ -280,6 +289,7 @@ DATASETS: dict[str, DatasetCard] = {
             (0.2302, 0.2265, 0.2262),
             bundled=False,
             n_train=100000,
+            test_size=10000,
             val_size=1024,
             split=2,  # 2: the training images in one shuffled order
             files=("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/val/val_annotations.txt"),
@@ -484,6 +494,14 @@ TRAIN_PARAMS: dict[str, Param] = {
         ),
     )
 }
+
+
+def leaderboard_grade(dataset: str, preset: str, n: int) -> bool:
+    """Whether an AutoAttack result may stand beside published numbers: the standard
+    preset on the dataset's whole published test set, nothing less."""
+    card = DATASETS.get(dataset)
+    full = card.test_size if card is not None else None
+    return preset == "standard" and full is not None and n >= full
 
 
 def resolve_default(param: Param, dataset: DatasetCard) -> Any:

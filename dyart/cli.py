@@ -229,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
     )  # fmt: skip
     result.update(checkpoint=str(path), dataset=dataset)
-    result["leaderboard_grade"] = args.preset == "standard" and n == len(data.test_x)
+    result["leaderboard_grade"] = catalog.leaderboard_grade(dataset, args.preset, n)
     text = json.dumps(result, indent=2)
     print(text)  # first: the results are on screen whatever happens to the file
     if args.output:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dyart import checkpoint
+from dyart import catalog, checkpoint
 from dyart.callbacks import Callback, CallbackList, MetricSums, make_row
 from dyart.config import TrainConfig
 from dyart.ema import EMA
@@ -406,7 +406,7 @@ class Trainer:
         )  # fmt: skip
         result["checkpoint"] = kind
         result["dataset"] = cfg.dataset
-        result["leaderboard_grade"] = cfg.eval_preset == "standard" and n == len(self.data.test_x)
+        result["leaderboard_grade"] = catalog.leaderboard_grade(cfg.dataset, cfg.eval_preset, n)
         checkpoint.atomic_write(
             self.out_dir / "results.json", lambda f: f.write(json.dumps(result, indent=2).encode())
         )

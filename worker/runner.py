@@ -659,6 +659,7 @@ def _autoattack(
 
     ``lost`` is asked before each attack: once the lease is lost the evaluation stops
     (StopRequested), so two workers never write the same progress files for long."""
+    from dyart.catalog import leaderboard_grade
     from dyart.checkpoint import load_model
     from dyart.config import TrainConfig
     from dyart.data import load_dataset
@@ -689,11 +690,10 @@ def _autoattack(
         eps_list=spec["eps"], preset=spec["preset"], norm=spec["norm"],
         state_dir=spec["state_dir"], seed=config.seed, should_stop=lost,
     )  # fmt: skip
-    full = n == len(data.test_x)
     return {
         "results": result["results"],
         "n": n,
-        "leaderboard_grade": spec["preset"] == "standard" and full,
+        "leaderboard_grade": leaderboard_grade(config.dataset, spec["preset"], n),
     }
 
 

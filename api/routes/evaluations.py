@@ -10,18 +10,12 @@ from api.celery_client import RUN_EVALUATION, send_task
 from api.deps import _ID, OwnedJob, SessionDep
 from api.errors import ResourceNotFoundError, StateConflictError
 from api.routes import API_PREFIX, AUTHED_ERRORS
-from api.routes.catalog import FULL_TEST_SIZE
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
 from db import evaluations
 from db.models import FINAL_STATUSES, Checkpoint, Evaluation, Job, utcnow
+from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["evaluations"], responses=AUTHED_ERRORS)
-
-
-def leaderboard_grade(preset: str, n: int, dataset: str | None) -> bool:
-    """Only the standard preset on the dataset's whole test set is leaderboard-grade."""
-    full = FULL_TEST_SIZE.get(dataset or "")
-    return preset == "standard" and full is not None and n >= full
 
 
 PENDING = ("queued", "running")
@@ -47,14 +41,10 @@ def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
         error=evaluation.error,
         created_at=evaluation.created_at,
         finished_at=evaluation.finished_at,
-        # The worker's flag (it knows the real test-set size) or the catalog's sizes; a
-        # dataset without a published test set (synthetic) is never leaderboard-grade.
+        # From the catalog, whatever the row says: a dataset without a published test
+        # set (synthetic) is never leaderboard-grade, however many images were attacked.
         leaderboard_grade=evaluation.status == "succeeded"
-        and dataset in FULL_TEST_SIZE
-        and (
-            bool(evaluation.leaderboard_grade)
-            or leaderboard_grade(evaluation.preset, evaluation.n, dataset)
-        ),
+        and catalog.leaderboard_grade(dataset or "", evaluation.preset, evaluation.n),
     )
 
 
@@ -106,7 +96,8 @@ def create_evaluation(
     checkpoint = _pick_checkpoint(session, job, body.checkpoint)
     config = job.config or {}
     norm = (config.get("hparams") or {}).get("norm", "linf")
-    full = FULL_TEST_SIZE.get(config.get("dataset") or "")
+    card = catalog.DATASETS.get(config.get("dataset") or "")
+    full = card.test_size if card is not None else None
     n = min(body.n, full) if full is not None else body.n
     same = session.scalars(
         select(Evaluation).where(

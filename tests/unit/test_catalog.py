@@ -147,3 +147,27 @@ def test_a_stored_job_config_is_not_held_to_rules_added_for_new_submissions(tmp_
     assert (config.epochs, config.schedule) == (2, "onecycle")
     _, errors = catalog.validate_job({**stored, "epochs": 0}, stored=True)
     assert [f for f, _ in errors] == ["epochs"]  # each field's own range still holds
+
+
+@pytest.mark.parametrize(
+    ("dataset", "preset", "n", "grade"),
+    [
+        ("digits", "standard", 360, True),  # the whole published test set
+        ("digits", "standard", 359, False),
+        ("digits", "fast", 360, False),
+        ("mnist10k", "standard", 2000, True),
+        ("cifar10", "custom", 10000, False),
+        ("synthetic", "standard", 128, False),  # no published test set: never
+        ("unknown", "standard", 10**6, False),
+    ],
+)
+def test_only_standard_on_the_whole_published_test_set_is_leaderboard_grade(
+    dataset, preset, n, grade
+):
+    assert catalog.leaderboard_grade(dataset, preset, n) is grade
+
+
+def test_the_catalog_says_each_datasets_test_set_size():
+    sizes = {d["name"]: d["test_size"] for d in catalog.public_catalog()["datasets"]}
+    assert sizes["digits"] == 360 and sizes["mnist10k"] == 2000 and sizes["svhn"] == 26032
+    assert sizes["synthetic"] is None

@@ -235,3 +235,10 @@ def test_tiny_imagenet_cache_follows_the_folders_and_survives_damage(tmp_path):
     cache = base / sources.TINY_CACHE
     cache.write_bytes(cache.read_bytes()[:200])  # a cache cut short
     assert len(load_dataset("tiny_imagenet", tmp_path, val_size=0).train_x) == 61
+
+
+@pytest.mark.parametrize("name", ["mnist10k", "digits"])
+def test_the_test_set_has_the_size_the_catalog_grades_against(name):
+    from dyart.catalog import DATASETS
+
+    assert len(load_dataset(name, val_size=0).test_x) == DATASETS[name].test_size
