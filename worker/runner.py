@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import evaluations, jobs
 from db.burn_in import find_reusable_burn_in
-from db.models import Checkpoint, Evaluation, Job
+from db.models import Checkpoint, Evaluation, Job, utcnow
 from db.session import make_engine, make_session_factory
 from db.settings import Settings, get_settings
 from worker.artifacts import ArtifactStore, file_sha256
@@ -505,9 +505,33 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
         error = f"{type(exc).__name__}: {exc}".replace(f"{store.root}/", "")
         values = {"status": "failed", "error": error}
         log.exception("evaluation %s failed", evaluation_id)
+    else:
+        _add_to_card(spec, evaluation_id, values)
     finally:
         keeper.stop()
     return _end_evaluation(factory, evaluation_id, me, values, settings.lease_seconds, spec)
+
+
+def _add_to_card(spec: dict[str, Any], evaluation_id: str, values: dict[str, Any]) -> None:
+    """Add the result to the model card beside the weights it measured, so a user who
+    downloads the model has it; not when the file holds other weights by now. A card
+    that cannot be written leaves the result in the database only."""
+    from dyart.checkpoint import read_card, update_card
+
+    card_path = spec["weights"].with_suffix(".json")
+    try:
+        card = read_card(card_path)
+        if card["sha256"] != spec["sha256"]:
+            return
+        entry = {
+            "id": evaluation_id, "preset": spec["preset"], "n": values["n"],
+            "norm": spec["norm"], "leaderboard_grade": values["leaderboard_grade"],
+            "results": values["results"], "finished_at": utcnow().isoformat(),
+        }  # fmt: skip
+        kept = [e for e in card.get("evaluations", []) if e.get("id") != evaluation_id]
+        update_card(card_path, evaluations=[*kept, entry])  # once, if it ran twice
+    except Exception as exc:
+        log.warning("evaluation %s: could not add it to %s: %s", evaluation_id, card_path, exc)
 
 
 class _CancelPoll:

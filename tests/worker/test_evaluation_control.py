@@ -10,6 +10,7 @@ import pytest
 
 from db import evaluations, jobs
 from db.models import Checkpoint, Evaluation
+from dyart.checkpoint import read_card
 from dyart.config import TrainConfig
 from dyart.errors import CheckpointError
 from dyart.evaluate import EvaluationWarning
@@ -107,7 +108,7 @@ def test_a_running_evaluation_is_canceled_before_its_next_attack(
 
 
 def test_a_warm_shutdown_hands_a_running_evaluation_over(
-    worker_process, sender, session_factory, trained
+    worker_process, sender, session_factory, trained, settings
 ):
     evaluation_id = _ask(session_factory, trained, **LONG)
     sender.send_task("worker.run_evaluation", args=[evaluation_id])
@@ -124,6 +125,13 @@ def test_a_warm_shutdown_hands_a_running_evaluation_over(
         "the evaluation to finish", 300,
     )  # fmt: skip
     assert row.attempts == 1 and [r["eps"] for r in row.results] == LONG["eps"]
+    # the downloadable model card beside those weights now holds the result too
+    with session_factory() as session:
+        relative = session.get(Checkpoint, trained[1]).path
+    card = read_card(ArtifactStore(settings.artifacts_dir).resolve(relative).with_suffix(".json"))
+    [entry] = card["evaluations"]
+    assert (entry["id"], entry["preset"], entry["n"]) == (evaluation_id, "standard", 360)
+    assert entry["leaderboard_grade"] is True and entry["results"] == row.results
 
 
 def test_a_failed_evaluation_names_its_file_without_the_servers_folders(
