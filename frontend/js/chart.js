@@ -1,11 +1,19 @@
-// Small SVG line charts: axes, ticks, a legend, one polyline + dots per series.
+// Small SVG line charts: axes, ticks, a legend, one polyline + markers per series.
 const NS = "http://www.w3.org/2000/svg";
 const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2"];
+// Once the colours run out, the next round of series changes its line and marker too,
+// so no two of the first COLORS.length * LOOKS.length series look the same.
+const LOOKS = [
+  { dash: "", marker: "circle" },
+  { dash: "6 3", marker: "square" },
+  { dash: "2 3", marker: "triangle" },
+  { dash: "9 3 2 3", marker: "diamond" },
+];
 const W = 480, H = 240, PAD = { l: 48, r: 12, t: 12, b: 32 };
 
 function el(tag, attrs = {}, text) {
   const node = document.createElementNS(NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  for (const [k, v] of Object.entries(attrs)) if (v !== null && v !== undefined) node.setAttribute(k, v);
   if (text !== undefined) node.textContent = text;
   return node;
 }
@@ -34,6 +42,29 @@ function fmt(v, step) {
   return v.toFixed(a >= 10 && step >= 1 ? 0 : decimals);
 }
 
+/** Series i's colour, dash pattern and marker shape. */
+function seriesLook(i) {
+  const look = LOOKS[Math.floor(i / COLORS.length) % LOOKS.length];
+  return { color: COLORS[i % COLORS.length], ...look };
+}
+
+/** A marker of `shape` centred on (x, y), `r` its half-size. */
+function marker(shape, x, y, r, color) {
+  const at = (pts) => pts.map(([dx, dy]) => `${(x + dx * r).toFixed(1)},${(y + dy * r).toFixed(1)}`).join(" ");
+  if (shape === "square") return el("rect", { x: x - r, y: y - r, width: 2 * r, height: 2 * r, fill: color });
+  if (shape === "triangle") return el("polygon", { points: at([[0, -1.2], [1.1, 0.9], [-1.1, 0.9]]), fill: color });
+  if (shape === "diamond") return el("polygon", { points: at([[0, -1.3], [1.3, 0], [0, 1.3], [-1.3, 0]]), fill: color });
+  return el("circle", { cx: x, cy: y, r, fill: color });
+}
+
+/** The legend's sample of a series: a short stretch of its line with its marker. */
+function sample(look) {
+  const svg = el("svg", { viewBox: "0 0 26 12", width: 26, height: 12, class: "swatch-line", "aria-hidden": "true" });
+  svg.append(el("line", { x1: 1, x2: 25, y1: 6, y2: 6, stroke: look.color, "stroke-width": 2, "stroke-dasharray": look.dash || null }));
+  svg.append(marker(look.marker, 13, 6, 3, look.color));
+  return svg;
+}
+
 function drawAxes(svg, sx, sy, xr, yr, opts) {
   const g = el("g", { class: "axes" });
   const yStep = (yr[1] - yr[0]) / 4, xStep = (xr[1] - xr[0]) / 4;
@@ -41,9 +72,10 @@ function drawAxes(svg, sx, sy, xr, yr, opts) {
     g.append(el("line", { x1: PAD.l, x2: W - PAD.r, y1: sy(y), y2: sy(y), class: "grid" }));
     g.append(el("text", { x: PAD.l - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y, yStep)));
   }
-  for (const x of ticks(...xr)) {
-    g.append(el("text", { x: sx(x), y: H - PAD.b + 14, "text-anchor": "middle" }, fmt(x, xStep)));
-  }
+  ticks(...xr).forEach((x, i, all) => { // the last label ends at the axis' end, not past the edge
+    const anchor = i === all.length - 1 ? "end" : "middle";
+    g.append(el("text", { x: sx(x), y: H - PAD.b + 14, "text-anchor": anchor }, fmt(x, xStep)));
+  });
   g.append(el("text", { x: (PAD.l + W - PAD.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel || ""));
   svg.append(g);
 }
@@ -63,13 +95,21 @@ export function lineChart(series, opts = {}) {
   svg.append(el("title", {}, opts.title || "chart"));
   drawAxes(svg, sx, sy, xr, yr, opts);
   let count = 0;
+  const looks = series.map((_, i) => seriesLook(i));
   series.forEach((s, i) => {
-    const color = COLORS[i % COLORS.length];
+    const look = looks[i];
     const pts = s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
     count += pts.length;
     const d = pts.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
-    svg.append(el("polyline", { points: d, fill: "none", stroke: color, "stroke-width": 2, class: s.dash ? "dash" : "" }));
-    for (const p of pts) svg.append(el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3, fill: color, class: "pt" }));
+    const g = el("g", { class: "series", "data-series": i });
+    g.append(el("polyline", { points: d, fill: "none", stroke: look.color, "stroke-width": 2,
+      "stroke-dasharray": look.dash || null }));
+    for (const p of pts) {
+      const dot = marker(look.marker, sx(p[0]), sy(p[1]), 3, look.color);
+      dot.setAttribute("class", "pt");
+      g.append(dot);
+    }
+    svg.append(g);
   });
   const figure = document.createElement("figure");
   figure.className = "chart-box";
@@ -80,8 +120,10 @@ export function lineChart(series, opts = {}) {
   legend.className = "legend";
   series.forEach((s, i) => {
     const li = document.createElement("li");
-    li.innerHTML = `<span class="swatch" style="background:${COLORS[i % COLORS.length]}"></span>`;
-    li.append(document.createTextNode(s.label));
+    const look = looks[i];
+    li.dataset.series = String(i);
+    li.dataset.look = `${look.color} ${look.dash || "solid"} ${look.marker}`;
+    li.append(sample(look), document.createTextNode(s.label));
     legend.append(li);
   });
   figure.append(caption, svg, legend);
