@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { h, num, pct } from "./dom.js";
 import { pager } from "./pager.js";
-import { evalError, evalNote, metricCharts, robustVsEps } from "./results.js";
+import { evalError, evalNote, gradeOf, metricCharts, robustVsEps, runOf, shortId } from "./results.js";
 
 async function loadJob(id) {
   const [job, metrics, evals] = await Promise.all([api(`/jobs/${id}`), api(`/jobs/${id}/metrics`),
@@ -12,21 +12,74 @@ async function loadJob(id) {
 
 const datasetOf = (j) => j.job.config?.dataset ?? "";
 
-/** The paper's table: one row per job, clean and robust accuracy per eps of its latest evaluation. */
+const PRESET_RANK = { standard: 3, custom: 2, fast: 1 };
+
+/** Best grade first: leaderboard-grade, then succeeded (not a partial run), then standard >
+ * custom > fast, then more images, then the newest. */
+function byGrade(a, b) {
+  return (b.leaderboard_grade === true) - (a.leaderboard_grade === true)
+    || (b.status === "succeeded") - (a.status === "succeeded")
+    || (PRESET_RANK[b.preset] ?? 0) - (PRESET_RANK[a.preset] ?? 0)
+    || b.n - a.n
+    || (Date.parse(b.created_at) || 0) - (Date.parse(a.created_at) || 0);
+}
+
+const epsKey = (eps) => +(+eps).toPrecision(6);
+
+/** A job's numbers per eps, each from the best-grade evaluation with a result there:
+ * {cells: Map eps -> {ev, r}, sources: the evaluations used, best first}. */
+function bestResults(j) {
+  const cells = new Map();
+  for (const ev of [...j.evaluations].sort(byGrade)) {
+    for (const r of ev.results || []) {
+      if (Number.isFinite(r.robust_acc) && !cells.has(epsKey(r.eps))) cells.set(epsKey(r.eps), { ev, r });
+    }
+  }
+  const used = new Set([...cells.values()].map((c) => c.ev));
+  return { cells, sources: j.evaluations.filter((ev) => used.has(ev)).sort(byGrade) };
+}
+
+const GRADE_TEXT = { leaderboard: "leaderboard-grade", quick: "quick, not comparable to leaderboard numbers" };
+
+/** Where a row's numbers come from: preset, n, weights and grade of each evaluation used. */
+function sourceList(sources, mark) {
+  return h("ul", { class: "sources" }, sources.map((ev) => {
+    const grade = gradeOf(ev);
+    return h("li", { "data-grade": grade, "data-evaluation-id": ev.id }, mark(ev) ? h("sup", {}, mark(ev)) : null,
+      `${runOf(ev)} `, h("code", {}, `#${shortId(ev)}`), " — ",
+      h("span", { class: `grade grade-${grade}` }, GRADE_TEXT[grade] ?? `${ev.status}, partial`));
+  }));
+}
+
+/** The paper's table, after a line on how to read it: one row per job, clean and robust accuracy
+ * per eps, each from the job's best-grade evaluation there, and which evaluations (preset, n,
+ * grade) the numbers came from. */
 function paperTable(jobs) {
-  const latest = (j) => j.evaluations.filter((e) => e.results?.length).at(-1);
-  const eps = [...new Set(jobs.flatMap((j) => (latest(j)?.results || []).map((r) => +r.eps.toPrecision(6))))].sort((a, b) => a - b);
-  return h("div", { class: "table-wrap" }, h("table", { class: "autoattack compare-table" },
-    h("caption", {}, "AutoAttack accuracy per eps (latest evaluation of each job)"),
+  const best = new Map(jobs.map((j) => [j, bestResults(j)]));
+  const eps = [...new Set([...best.values()].flatMap((b) => [...b.cells.keys()]))].sort((x, y) => x - y);
+  const cell = (hit, mark) => (hit
+    ? h("td", { class: hit.ev.leaderboard_grade ? "leaderboard" : "not-leaderboard", "data-evaluation-id": hit.ev.id,
+      title: `${runOf(hit.ev)} — ${GRADE_TEXT[gradeOf(hit.ev)] ?? hit.ev.status}` }, pct(hit.value), mark(hit.ev) ? h("sup", {}, mark(hit.ev)) : null)
+    : h("td", {}, "–"));
+  const how = h("p", { class: "muted table-note", id: "compare-how" }, "Each number comes from the job's best-grade "
+    + "evaluation at that eps: leaderboard-grade first, then standard, custom, fast, then more images, then the "
+    + "newest. Shaded numbers are not leaderboard-grade; a letter names the evaluation a number came from.");
+  return [how, h("div", { class: "table-wrap" }, h("table", { class: "autoattack compare-table", "aria-describedby": "compare-how" },
+    h("caption", {}, "AutoAttack accuracy per eps"),
     h("thead", {}, h("tr", {}, ["job", "dataset", "method", "clean"].map((t) => h("th", { scope: "col" }, t)),
-      eps.map((e) => h("th", { scope: "col" }, `robust @ ${num(e)}`)))),
+      eps.map((e) => h("th", { scope: "col" }, `robust @ ${num(e)}`)), h("th", { scope: "col" }, "from evaluations"))),
     h("tbody", {}, jobs.map((j) => {
-      const ev = latest(j);
-      const at = (e) => ev?.results.find((r) => +r.eps.toPrecision(6) === e);
+      const { cells, sources } = best.get(j);
+      const letters = new Map(sources.length > 1 ? sources.map((ev, i) => [ev, String.fromCharCode(97 + (i % 26))]) : []);
+      const mark = (ev) => letters.get(ev) ?? null;
+      const top = sources[0];
+      const clean = top?.results.find((r) => Number.isFinite(r.clean_acc));
       return h("tr", { "data-job-id": j.job.id }, h("th", { scope: "row" }, h("a", { href: `#/jobs/${j.job.id}` }, j.label)),
         h("td", { class: "dataset" }, datasetOf(j)), h("td", {}, j.job.config?.method ?? ""),
-        h("td", {}, pct(ev?.results[0]?.clean_acc)), eps.map((e) => h("td", {}, pct(at(e)?.robust_acc))));
-    }))));
+        cell(clean && { ev: top, value: clean.clean_acc }, mark),
+        eps.map((e) => cell(cells.has(e) && { ev: cells.get(e).ev, value: cells.get(e).r.robust_acc }, mark)),
+        h("td", { class: "from" }, sources.length ? sourceList(sources, mark) : h("span", { class: "muted" }, "no results yet")));
+    }))))];
 }
 
 /** A warning when the jobs were trained on different datasets: eps and accuracies do not compare. */
@@ -77,12 +130,14 @@ async function picker(selected) {
   return form;
 }
 
-/** A job's latest AutoAttack result, and the error of its latest evaluation if that one failed. */
+/** Every evaluation of a job, newest first: its grade (or that it is pending, failed,
+ * canceled) and its error if it has one. */
 function evalCard(j) {
-  const ev = j.evaluations.filter((e) => e.results?.length).at(-1);
-  const last = j.evaluations.at(-1);
+  const evs = [...j.evaluations].reverse();
   return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, `${j.label} (${datasetOf(j)})`),
-    ev ? evalNote(ev) : h("p", { class: "muted" }, "No evaluation yet."), last?.error ? evalError(last) : null);
+    evs.length ? evs.map((ev) => h("div", { class: "eval-line", "data-evaluation-id": ev.id, "data-status": ev.status },
+      h("code", { class: "eval-id" }, `#${shortId(ev)}`), evalNote(ev), ev.error ? evalError(ev) : null))
+      : h("p", { class: "muted" }, "No evaluation yet."));
 }
 
 export async function comparePage(main, { params }) {
@@ -92,7 +147,7 @@ export async function comparePage(main, { params }) {
   const jobs = await Promise.all(ids.map(loadJob));
   const warning = datasetWarning(jobs);
   if (warning) main.append(warning);
-  main.append(h("h2", {}, "Training curves"), metricCharts(jobs), h("h2", {}, "AutoAttack"), paperTable(jobs),
+  main.append(h("h2", {}, "Training curves"), metricCharts(jobs), h("h2", {}, "AutoAttack"), ...paperTable(jobs),
     robustVsEps(jobs), h("div", { class: "side-by-side" }, jobs.map(evalCard)));
   return null;
 }

@@ -1,6 +1,6 @@
 // Charts and tables of a job's metric rows and AutoAttack evaluations (detail and compare pages).
 import { lineChart } from "./chart.js";
-import { h, num, pct } from "./dom.js";
+import { badge, h, num, pct } from "./dom.js";
 
 /** Orders metric rows (burn-in first) and dedupes by stage+epoch; x = running epoch number. */
 export function orderRows(rows) {
@@ -35,39 +35,102 @@ export function metricCharts(jobs) {
   return h("div", { class: "charts" }, charts);
 }
 
+const PENDING = new Set(["queued", "running"]);
+
+/** Queued or running: its numbers are still to come. */
+export const isPending = (ev) => PENDING.has(ev.status);
+
+/** The evaluation's short id, as its section and its chart series show it. */
+export const shortId = (ev) => String(ev.id || "").slice(0, 8);
+
+/** "best checkpoint, epoch 6" (the weights it evaluates), or null where the server does not say. */
+export function checkpointOf(ev) {
+  if (!ev.checkpoint_kind) return null;
+  const epoch = Number.isFinite(ev.checkpoint_epoch) ? `, epoch ${ev.checkpoint_epoch}` : "";
+  return `${ev.checkpoint_kind} checkpoint${epoch}`;
+}
+
+/** "preset standard, n = 360, best checkpoint, epoch 6". */
+export function runOf(ev) {
+  const of = checkpointOf(ev);
+  return `preset ${ev.preset}, n = ${ev.n}${of ? `, ${of}` : ""}`;
+}
+
+/** What its numbers are worth: "leaderboard", "quick" (succeeded, not leaderboard-grade),
+ * "pending" (queued or running), or its status ("failed", "canceled"). */
+export function gradeOf(ev) {
+  if (ev.leaderboard_grade) return "leaderboard";
+  if (isPending(ev)) return "pending";
+  return ev.status === "succeeded" ? "quick" : ev.status;
+}
+
+/** One line on the evaluation's grade: only a succeeded one that is not leaderboard-grade is "quick". */
 export function evalNote(ev) {
-  if (ev.leaderboard_grade) return h("p", { class: "ok" }, `Leaderboard-grade AutoAttack (${ev.preset}, n = ${ev.n}).`);
-  return h("p", { class: "warn", role: "note" },
-    `quick evaluation — ${ev.n} images, preset ${ev.preset} — not comparable to leaderboard numbers`);
+  const grade = gradeOf(ev);
+  const note = (cls, text, role) => h("p", { class: `${cls} eval-note`, "data-grade": grade, role }, text);
+  const partial = ev.results?.length ? "; the numbers shown are the eps it finished, not leaderboard-grade" : "";
+  if (grade === "leaderboard") return note("ok", `Leaderboard-grade AutoAttack (${runOf(ev)}).`);
+  if (grade === "quick") {
+    const of = checkpointOf(ev);
+    return note("warn", `quick evaluation — ${ev.n} images, preset ${ev.preset}${of ? `, ${of}` : ""} — `
+      + "not comparable to leaderboard numbers", "note");
+  }
+  if (isPending(ev) && ev.cancel_requested) {
+    return note("pending", `pending — AutoAttack ${ev.status} (${runOf(ev)}); cancel requested, it stops before its next attack`);
+  }
+  if (isPending(ev)) return note("pending", `pending — AutoAttack ${ev.status} (${runOf(ev)}); its numbers come when it finishes`);
+  if (grade === "failed") return note("muted", `failed — AutoAttack (${runOf(ev)}) did not finish${partial}`);
+  if (grade === "canceled") return note("muted", `canceled — AutoAttack (${runOf(ev)}) was stopped${partial}`);
+  return note("muted", `${ev.status} — AutoAttack (${runOf(ev)})`);
 }
 
 /** Why an evaluation failed, in the worker's words. */
 export function evalError(ev) {
-  return h("p", { class: "error eval-error" }, `Evaluation ${ev.status}: ${ev.error}`);
+  const cls = ev.status === "failed" ? "error" : "muted"; // a canceled one says why it stopped, no alarm
+  return h("p", { class: `${cls} eval-error` }, `Evaluation ${ev.status}: ${ev.error}`);
 }
 
-/** One evaluation: its note, its error if it has one, its table unless it failed with no result. */
-export function evalSection(ev) {
-  const table = ev.results?.length || ev.status !== "failed";
-  return h("div", { class: "evaluation", "data-status": ev.status },
-    evalNote(ev), ev.error ? evalError(ev) : null, table ? evalTable(ev) : null);
+function requested(ev) {
+  const when = new Date(ev.created_at);
+  return Number.isNaN(when.getTime()) ? ""
+    : ` · requested ${when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" })}`;
+}
+
+/** One evaluation: a head line (status, id, weights, `actions`), its grade note, its error if it
+ * has one, and its table when it has results. */
+export function evalSection(ev, { actions = null } = {}) {
+  const of = checkpointOf(ev);
+  const head = h("div", { class: "eval-head" }, badge(ev.status), " ",
+    h("span", { class: "eval-what" }, h("code", { class: "eval-id" }, `#${shortId(ev)}`),
+      of ? ` · ${of}` : "", requested(ev)), actions);
+  const table = ev.results?.length || ev.status === "succeeded";
+  return h("div", { class: "evaluation", "data-status": ev.status, "data-evaluation-id": ev.id },
+    head, evalNote(ev), ev.error ? evalError(ev) : null, table ? evalTable(ev) : null);
 }
 
 /** AutoAttack table: eps, clean, robust, one column per attack. */
 export function evalTable(ev) {
   const attacks = [...new Set((ev.results || []).flatMap((r) => Object.keys(r.per_attack || {})))];
+  const of = checkpointOf(ev);
   return h("div", { class: "table-wrap" }, h("table", { class: "autoattack" },
-    h("caption", {}, `AutoAttack (${ev.norm || "linf"}, preset ${ev.preset}, n = ${ev.n}, ${ev.status})`),
+    h("caption", {}, `AutoAttack (${ev.norm || "linf"}, preset ${ev.preset}, n = ${ev.n})${of ? ` of the ${of}` : ""}, ${ev.status}`),
     h("thead", {}, h("tr", {}, ["eps", "clean", "robust", ...attacks].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, (ev.results || []).map((r) => h("tr", {},
       h("th", { scope: "row" }, num(r.eps)), h("td", {}, pct(r.clean_acc)), h("td", {}, pct(r.robust_acc)),
       attacks.map((a) => h("td", {}, pct(r.per_attack?.[a]))))))));
 }
 
-/** jobs: [{label, evaluations}] -> robust accuracy vs eps chart. */
+/** A chart label that tells one evaluation from another: preset, n, weights and short id. */
+export function seriesLabel(ev) {
+  const weights = ev.checkpoint_kind
+    ? ` · ${ev.checkpoint_kind}${Number.isFinite(ev.checkpoint_epoch) ? ` ep ${ev.checkpoint_epoch}` : ""}` : "";
+  return `${ev.preset} n=${ev.n}${weights} · #${shortId(ev)}`;
+}
+
+/** jobs: [{label, evaluations}] -> robust accuracy vs eps chart, one series per evaluation. */
 export function robustVsEps(jobs) {
   const series = jobs.flatMap((job) => job.evaluations.filter((e) => e.results?.length).map((e) => ({
-    label: `${jobs.length > 1 ? `${job.label}: ` : ""}${e.preset} n=${e.n}`,
+    label: `${jobs.length > 1 ? `${job.label}: ` : ""}${seriesLabel(e)}`,
     points: e.results.map((r) => [r.eps, r.robust_acc]).sort((a, b) => a[0] - b[0]),
   })));
   return lineChart(series, { title: "Robust accuracy vs eps", xLabel: "eps", yRange: [0, 1] });

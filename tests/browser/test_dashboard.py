@@ -103,7 +103,7 @@ def submit_and_watch(page, problems, shots: Path) -> str:
 
 def check_results(page, shots: Path, tmp_path: Path) -> None:
     """Finished job: AutoAttack table marked quick, a checkpoint that downloads intact."""
-    page.locator(".badge-succeeded").wait_for(timeout=150_000)
+    page.locator("#summary .badge-succeeded").wait_for(timeout=150_000)
     page.locator("table.autoattack tbody tr").first.wait_for(timeout=60_000)
     page.locator(".warn", has_text="not comparable to leaderboard numbers").first.wait_for()
     item = page.locator("#checkpoints li.checkpoint").first
