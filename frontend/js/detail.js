@@ -2,9 +2,13 @@
 import { api, download, follow } from "./api.js";
 import { badge, batched, duration, h, pct, progressBar, say } from "./dom.js";
 import { logPane } from "./logpane.js";
-import { evalSection, metricCharts, robustVsEps } from "./results.js";
+import { evalSection, isPending, metricCharts, robustVsEps, shortId } from "./results.js";
 
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
+// Once the job's event stream has ended, its evaluations are read again every so often: often
+// while one is queued or running, now and then otherwise (one may be requested from elsewhere).
+const EVAL_POLL_PENDING_MS = 3000;
+const EVAL_POLL_IDLE_MS = 10000;
 
 /** "train, epoch 3 of 6": job.epoch counts within its stage, so it is shown against that stage's epochs. */
 function position(job) {
@@ -87,10 +91,51 @@ export async function detailPage(main, { parts }) {
   }
   const chartsNow = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
   const drawCharts = batched(chartsNow);
+  let evs = [];
+  let evsShown = null; // what is drawn, as JSON: a poll that finds nothing new redraws nothing
+  let streamEnded = false;
+  let closed = false;
+  let pollTimer = null;
+  async function cancelEval(ev) {
+    try {
+      await api(`/jobs/${id}/evaluations/${ev.id}/cancel`, { method: "POST" });
+      say(`Evaluation #${shortId(ev)} cancel requested.`);
+    } catch (error) { say(`Evaluation #${shortId(ev)} not canceled: ${error.message}`); }
+    await drawEvals().catch(() => {});
+  }
+  function evalActions(ev) {
+    if (!isPending(ev)) return null;
+    // the job's own evaluation (no checkpoint row of its own) stops with the job, not by itself
+    if (ev.status === "running" && !ev.checkpoint_id) {
+      return h("span", { class: "muted own-evaluation" }, "the job's own evaluation: cancel the job to stop it");
+    }
+    return h("button", { type: "button", class: "secondary cancel-evaluation", disabled: ev.cancel_requested === true,
+      onclick: () => cancelEval(ev) }, ev.cancel_requested ? "Cancel requested" : "Cancel evaluation");
+  }
   async function drawEvals() {
-    const evs = (await api(`/jobs/${id}/evaluations`)).items;
-    parts$.evals.replaceChildren(...(evs.length ? [robustVsEps([{ label: job.name, evaluations: evs }]),
-      ...evs.map(evalSection)] : [h("p", { class: "muted" }, "No evaluation yet.")]));
+    const items = (await api(`/jobs/${id}/evaluations`)).items;
+    if (closed) return;
+    evs = items;
+    const shown = JSON.stringify(evs);
+    if (shown !== evsShown) {
+      evsShown = shown;
+      const chart = evs.some((ev) => ev.results?.length) ? robustVsEps([{ label: job.name, evaluations: evs }]) : null;
+      parts$.evals.replaceChildren(...(evs.length ? [chart, ...evs.map((ev) => evalSection(ev, { actions: evalActions(ev) }))]
+        .filter(Boolean) : [h("p", { class: "muted" }, "No evaluation yet.")]));
+    }
+    pollEvals();
+  }
+  /** Reads the evaluations again later while one is pending or the stream no longer tells. */
+  function pollEvals() {
+    clearTimeout(pollTimer);
+    pollTimer = null;
+    const pending = evs.some(isPending);
+    if (closed || (!pending && !streamEnded)) return;
+    pollTimer = setTimeout(() => {
+      pollTimer = null;
+      if (document.hidden) pollEvals();
+      else drawEvals().catch(() => pollEvals());
+    }, pending ? EVAL_POLL_PENDING_MS : EVAL_POLL_IDLE_MS);
   }
   async function drawCheckpoints() {
     const cks = (await api(`/jobs/${id}/checkpoints`)).items;
@@ -117,12 +162,20 @@ export async function detailPage(main, { parts }) {
     else if (type === "metric") addRow(data);
     else if (type === "log") log.add(data);
     else if (type === "evaluation") refreshEvals();
-    else if (type === "end") { refreshEvals(); refreshCheckpoints(); say(`Job ${job.status}.`); }
+    else if (type === "end") {
+      streamEnded = true;
+      refreshEvals(); refreshCheckpoints(); say(`Job ${job.status}.`);
+    }
   }
   function listen() {
     stop();
+    streamEnded = false;
     stop = follow(`/jobs/${id}/events`, onEvent, { since: cursor });
   }
   listen();
-  return () => { stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel()); };
+  return () => {
+    closed = true;
+    clearTimeout(pollTimer);
+    stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel());
+  };
 }
