@@ -35,6 +35,7 @@ def claim_evaluation(
     result = session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation_id, claimable, Evaluation.attempts < max_attempts)
+        .where(Evaluation.cancel_requested.is_(False))
         .values(
             status="running",
             lease_owner=worker_id,
@@ -103,27 +104,31 @@ def requeue_stale_evaluations(
     cutoff = now - timedelta(seconds=stale_after)
     stale = or_(Evaluation.heartbeat_at < cutoff, Evaluation.heartbeat_at.is_(None))
     rows = session.execute(
-        select(Evaluation.id, Evaluation.attempts, Evaluation.heartbeat_at).where(
-            Evaluation.status == "running", Evaluation.lease_owner.is_not(None), stale
-        )
-    ).all()
+        select(
+            Evaluation.id, Evaluation.attempts, Evaluation.heartbeat_at,
+            Evaluation.cancel_requested,
+        ).where(Evaluation.status == "running", Evaluation.lease_owner.is_not(None), stale)
+    ).all()  # fmt: skip
     requeued = []
-    for evaluation_id, attempts, heartbeat_at in rows:
+    for evaluation_id, attempts, heartbeat_at, cancel in rows:
         outage = explained_by_outage(heartbeat_at, stale_after, outage_began)
         failed = attempts >= max_attempts and not outage
-        values: dict[str, Any] = (
-            {"status": "failed", "finished_at": now,
-             "error": f"gave up after {attempts} attempts: worker lost"}
-            if failed
-            else queued_again(now, give_back=attempts if outage else None)
-        )  # fmt: skip
+        values: dict[str, Any]
+        if cancel:  # asked while it ran: its worker is gone, so it ends here
+            values = {"status": "canceled", "finished_at": now,
+                      "error": "canceled while running (its worker stopped)"}  # fmt: skip
+        elif failed:
+            values = {"status": "failed", "finished_at": now,
+                      "error": f"gave up after {attempts} attempts: worker lost"}  # fmt: skip
+        else:
+            values = queued_again(now, give_back=attempts if outage else None)
         result = session.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == "running", stale)
             .values(lease_owner=None, lease_expires_at=None, **values)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1 and not failed:
+        if result.rowcount == 1 and values["status"] == "queued":
             requeued.append(evaluation_id)
     session.commit()
     return requeued
@@ -176,20 +181,42 @@ def release_evaluation(session: Session, evaluation_id: str, worker_id: str) -> 
     """A shutting-down worker gives a running evaluation back: queued again with its
     attempt not counted (finished attacks are kept on disk), or canceled if a cancel
     was asked. Commits; None if this worker no longer held it."""
-    row = session.get(Evaluation, evaluation_id)
-    if row is None or row.status != "running" or row.lease_owner != worker_id:
-        return None
-    if row.cancel_requested:
-        values: dict[str, Any] = {"status": "canceled", "finished_at": utcnow(),
-                                  "error": "canceled while running"}  # fmt: skip
-    else:
-        values = queued_again(utcnow(), give_back=row.attempts)
-    result = session.execute(
-        update(Evaluation)
-        .where(Evaluation.id == evaluation_id, Evaluation.lease_owner == worker_id)
-        .where(Evaluation.status == "running")
-        .values(lease_owner=None, lease_expires_at=None, **values)
-        .execution_options(synchronize_session=False)
+    held = (
+        (Evaluation.id == evaluation_id)
+        & (Evaluation.lease_owner == worker_id)
+        & (Evaluation.status == "running")
     )
+    now = utcnow()
+    for _ in range(2):  # a cancel may land between the two conditional updates
+        canceled = session.execute(
+            update(Evaluation)
+            .where(held, Evaluation.cancel_requested.is_(True))
+            .values(
+                status="canceled",
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error="canceled while running",
+            )  # fmt: skip
+            .execution_options(synchronize_session=False)
+        )
+        if canceled.rowcount == 1:
+            session.commit()
+            return "canceled"
+        attempts = session.scalar(select(Evaluation.attempts).where(held))
+        if attempts is None:
+            session.commit()
+            return None
+        queued = session.execute(
+            update(Evaluation)
+            .where(held, Evaluation.cancel_requested.is_(False))
+            .values(
+                lease_owner=None, lease_expires_at=None, **queued_again(now, give_back=attempts)
+            )  # fmt: skip
+            .execution_options(synchronize_session=False)
+        )
+        if queued.rowcount == 1:
+            session.commit()
+            return "queued"
     session.commit()
-    return values["status"] if result.rowcount == 1 else None
+    return None

@@ -152,10 +152,14 @@ def _sorted_metadata(blob: bytes) -> bytes:
 
 def update_card(card_path: str | Path, **fields: Any) -> dict[str, Any]:
     """Add fields (e.g. ``autoattack`` results) to an existing model card."""
-    card_path = Path(card_path)
     card = {**read_card(card_path), **fields}
-    atomic_write(card_path, lambda f: f.write(_json_bytes(card)))
+    write_card(card_path, card)
     return card
+
+
+def write_card(card_path: str | Path, card: dict[str, Any]) -> None:
+    """Write a whole model card at once (atomically)."""
+    atomic_write(Path(card_path), lambda f: f.write(_json_bytes(card)))
 
 
 def read_card(card_path: str | Path) -> dict[str, Any]:

@@ -516,20 +516,21 @@ def _add_to_card(spec: dict[str, Any], evaluation_id: str, values: dict[str, Any
     """Add the result to the model card beside the weights it measured, so a user who
     downloads the model has it; not when the file holds other weights by now. A card
     that cannot be written leaves the result in the database only."""
-    from dyart.checkpoint import read_card, update_card
+    from dyart.checkpoint import read_card, write_card
 
     card_path = spec["weights"].with_suffix(".json")
     try:
         card = read_card(card_path)
         if card["sha256"] != spec["sha256"]:
-            return
+            return  # the file holds newer weights by now
         entry = {
             "id": evaluation_id, "preset": spec["preset"], "n": values["n"],
             "norm": spec["norm"], "leaderboard_grade": values["leaderboard_grade"],
             "results": values["results"], "finished_at": utcnow().isoformat(),
         }  # fmt: skip
         kept = [e for e in card.get("evaluations", []) if e.get("id") != evaluation_id]
-        update_card(card_path, evaluations=[*kept, entry])  # once, if it ran twice
+        # written from the card whose sha256 was checked (once, if it ran twice)
+        write_card(card_path, {**card, "evaluations": [*kept, entry]})
     except Exception as exc:
         log.warning("evaluation %s: could not add it to %s: %s", evaluation_id, card_path, exc)
 
@@ -597,7 +598,11 @@ def _hand_over_evaluation(
     with factory() as session:
         status = evaluations.release_evaluation(session, evaluation_id, me)
         if status is not None:
-            message = "worker shutting down: queued again, finished attacks kept"
+            message = (
+                "worker shutting down: queued again, finished attacks kept"
+                if status == "queued"
+                else "canceled while running"
+            )
             jobs.add_log(session, spec["job_id"], f"{spec['name']}: {status}: {message}")
             session.commit()
     if status is None:

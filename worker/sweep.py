@@ -193,6 +193,8 @@ def stop_sweeper() -> None:
     _stop.set()
     if _me is None:
         return
+    if _thread is not None and _thread is not threading.current_thread():
+        _thread.join(timeout=30)  # a pass under way would write the row again
     try:
         with session_factory()() as session:
             workers.leave(session, _me)

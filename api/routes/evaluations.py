@@ -99,9 +99,13 @@ def create_evaluation(
     card = catalog.DATASETS.get(config.get("dataset") or "")
     full = card.test_size if card is not None else None
     n = min(body.n, full) if full is not None else body.n
+    # one request at a time per job (Postgres; SQLite writes one at a time anyway), so
+    # two identical requests sent at once make one evaluation
+    session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
     same = session.scalars(
         select(Evaluation).where(
             Evaluation.job_id == job.id,
+            Evaluation.checkpoint_kind == checkpoint.kind,
             Evaluation.status.in_(PENDING),
             Evaluation.cancel_requested.is_(False),
             Evaluation.checkpoint_sha256 == checkpoint.sha256,
@@ -139,8 +143,7 @@ def create_evaluation(
 )
 def cancel_evaluation(evaluation_id: str, job: OwnedJob, session: SessionDep) -> EvaluationPublic:
     """Cancel an evaluation: a queued one ends at once, a running one before its next
-    attack (the attacks it finished are kept, and a new request with the same eps
-    reuses them)."""
+    attack."""
     evaluation = session.get(Evaluation, evaluation_id) if _ID.fullmatch(evaluation_id) else None
     if evaluation is None or evaluation.job_id != job.id:
         raise ResourceNotFoundError("evaluation", evaluation_id)
@@ -152,7 +155,11 @@ def cancel_evaluation(evaluation_id: str, job: OwnedJob, session: SessionDep) ->
         raise StateConflictError(
             f"evaluation {evaluation.id} is the job's own; cancel the job instead"
         )
-    evaluations.request_cancel(session, evaluation.id)
+    done = evaluations.request_cancel(session, evaluation.id)
     session.commit()
     session.refresh(evaluation)
+    if done == "none":  # it ended between the read above and the update
+        raise StateConflictError(
+            f"evaluation {evaluation.id} is already {evaluation.status}; nothing to cancel"
+        )
     return evaluation_public(evaluation, job)

@@ -334,7 +334,10 @@ def job_log(
     session: SessionDep,
     tail: int = Query(200, ge=1, le=5000, description="at most this many lines"),
     after: int | None = Query(
-        None, ge=0, description="only lines after this line id (follow a log: pass the last id)"
+        None,
+        ge=0,
+        le=2**31 - 1,  # line ids are 32-bit integers in Postgres
+        description="only lines after this line id (follow a log: pass the last id)",
     ),
 ) -> LogPage:
     """The last ``tail`` log lines of the job, oldest first; with ``after``, the first

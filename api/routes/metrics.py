@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from api.errors import AuthMissingError
+from api.routes import error_responses
 from db import workers
 from db.models import Job
 
@@ -149,7 +150,12 @@ def require_metrics_token(request: Request) -> None:
         )
 
 
-@router.get("/metrics", response_class=Response, dependencies=[Depends(require_metrics_token)])
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[Depends(require_metrics_token)],
+    responses=error_responses(401),  # only once DYART_METRICS_TOKEN is set
+)
 def prometheus_metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -19,7 +19,7 @@ from tests.browser.test_job_page import cancel
 
 pytestmark = pytest.mark.browser
 
-# digits' full test set (api/routes/catalog.py): the standard preset at this n is leaderboard-grade
+# digits' full test set (DatasetCard.test_size): the standard preset at this n is leaderboard-grade
 FULL_DIGITS = 360
 
 

@@ -1,7 +1,10 @@
 """Evaluations: listing with the leaderboard flag, and new evaluations of a checkpoint."""
 
+import threading
+
 import pytest
 
+from db import evaluations
 from db.models import Checkpoint, Evaluation, Job
 
 
@@ -153,3 +156,58 @@ def test_create_evaluation_rejects_unknown_preset_and_fields(client, make_job):
     response = client().post(url, json={"eps": [0.1], "preset": "quick", "extra": 1})
     assert response.status_code == 422
     assert {e["field"] for e in response.json()["detail"]} == {"preset", "extra"}
+
+
+def test_identical_requests_sent_at_once_make_one_evaluation(client, make_job, app):
+    job = make_job(client, status="succeeded")
+    _checkpoint(app, job["id"], "best")
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    ids, barrier = [], threading.Barrier(8)
+
+    def post() -> None:
+        c = client()
+        barrier.wait()
+        ids.append(c.post(url, json={"eps": [0.1]}).json()["id"])
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 8 and len(set(ids)) == 1
+
+
+def test_best_and_final_with_the_same_bytes_are_still_two_evaluations(client, make_job, app):
+    job = make_job(client, status="succeeded")  # the last epoch was the best one
+    _checkpoint(app, job["id"], "best", epoch=5, sha256="c" * 64)
+    _checkpoint(app, job["id"], "final", epoch=5, sha256="c" * 64)
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    best = client().post(url, json={"eps": [0.1]}).json()
+    final = client().post(url, json={"eps": [0.1], "checkpoint": "final"}).json()
+    assert final["id"] != best["id"] and final["checkpoint_kind"] == "final"
+
+
+def test_a_cancel_that_arrives_after_the_end_is_a_409(client, make_job, app, monkeypatch):
+    job = make_job(client, status="succeeded")
+    _checkpoint(app, job["id"], "best")
+    url = f"/api/v1/jobs/{job['id']}/evaluations"
+    created = client().post(url, json={"eps": [0.1]}).json()
+    with app.state.session_factory() as session:
+        assert evaluations.claim_evaluation(session, created["id"], "w", 10, 3)
+    real = evaluations.request_cancel
+
+    def ended_just_before(session, evaluation_id, now=None):
+        with app.state.session_factory() as other:  # its worker writes the result first
+            evaluations.finish_evaluation(other, evaluation_id, "w", "succeeded", results=[])
+        return real(session, evaluation_id, now)
+
+    monkeypatch.setattr(evaluations, "request_cancel", ended_just_before)
+    response = client().post(f"{url}/{created['id']}/cancel")
+    assert response.status_code == 409
+    assert response.json()["detail"].endswith("is already succeeded; nothing to cancel")
+
+
+def test_log_after_beyond_any_line_id_is_a_422_not_a_500(client, make_job):
+    job = make_job(client, status="succeeded")
+    response = client().get(f"/api/v1/jobs/{job['id']}/log?after={2**40}")
+    assert response.status_code == 422 and "after" in response.text

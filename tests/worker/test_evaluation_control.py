@@ -5,11 +5,12 @@ database; real worker processes where a worker's behaviour is what is tested."""
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import pytest
 
 from db import evaluations, jobs
-from db.models import Checkpoint, Evaluation
+from db.models import Checkpoint, Evaluation, utcnow
 from dyart.checkpoint import read_card
 from dyart.config import TrainConfig
 from dyart.errors import CheckpointError
@@ -150,3 +151,32 @@ def test_a_failed_evaluation_names_its_file_without_the_servers_folders(
     )  # fmt: skip
     assert relative in row.error and str(store.root) not in row.error
     assert any(f"failed: {row.error}" in line for line in log_lines(session_factory, job_id))
+
+
+def test_a_cancel_asked_before_its_worker_died_is_not_lost(session_factory, trained, settings):
+    evaluation_id = _ask(session_factory, trained)
+    with session_factory() as session:
+        assert evaluations.claim_evaluation(session, evaluation_id, "w1", 30, 3)
+        assert evaluations.request_cancel(session, evaluation_id) == "requested"
+        session.commit()
+        # w1 dies; the sweep finds the heartbeat stale: the row ends, it is not queued
+        later = utcnow() + timedelta(seconds=60)
+        assert evaluations.requeue_stale_evaluations(session, later, 4, 3) == []
+        assert not evaluations.claim_evaluation(session, evaluation_id, "w2", 30, 3, now=later)
+    row = _row(session_factory, evaluation_id)
+    assert (row.status, row.error) == ("canceled", "canceled while running (its worker stopped)")
+
+
+def test_a_hand_over_with_a_cancel_pending_ends_canceled(session_factory, trained):
+    evaluation_id = _ask(session_factory, trained)
+    spec = {"job_id": trained[0], "name": "evaluation x"}
+    with session_factory() as session:
+        assert evaluations.claim_evaluation(session, evaluation_id, "w1", 30, 3)
+        evaluations.request_cancel(session, evaluation_id)
+        session.commit()
+    result = runner._hand_over_evaluation(session_factory, evaluation_id, "w1", spec)
+    assert result == {"evaluation_id": evaluation_id, "status": "canceled"}
+    assert _row(session_factory, evaluation_id).status == "canceled"
+    lines = log_lines(session_factory, trained[0])
+    assert "evaluation x: canceled: canceled while running" in lines
+    assert not any("queued again" in line for line in lines)
