@@ -49,6 +49,32 @@ def job_id(session_factory, make_user) -> str:
 
 
 @pytest.fixture
+def trained(settings, session_factory, make_user) -> tuple[str, str]:
+    """A job with a burn-in model and its ``best`` checkpoint row: (job id, checkpoint id)."""
+    from db.models import Checkpoint
+    from dyart.config import TrainConfig
+    from dyart.train import Trainer
+    from worker.artifacts import ArtifactStore, file_sha256
+
+    owner, _ = make_user("owner")
+    config = resolved({**TINY_JOB, "eval_eps": []})
+    store = ArtifactStore(settings.artifacts_dir)
+    with session_factory() as session:
+        job = jobs.create_job(session, owner, config)
+        session.commit()
+        job_id = job.id
+    Trainer(TrainConfig.from_dict(config, settings.data_dir), store.job_dir(job_id),
+            device="cpu").run(("burn_in",))  # fmt: skip
+    weights = store.job_dir(job_id) / "model-burn_in.safetensors"
+    with session_factory() as session:
+        row = Checkpoint(job_id=job_id, kind="best", epoch=1, path=store.relative(weights),
+                         size=weights.stat().st_size, sha256=file_sha256(weights))  # fmt: skip
+        session.add(row)
+        session.commit()
+        return job_id, row.id
+
+
+@pytest.fixture
 def sender(settings):
     """A Celery client that sends tasks by name, like the API's."""
     app = Celery("test-sender", broker=settings.broker_url, set_as_current=False)

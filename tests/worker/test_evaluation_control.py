@@ -9,37 +9,14 @@ from datetime import timedelta
 
 import pytest
 
-from db import evaluations, jobs
+from db import evaluations
 from db.models import Checkpoint, Evaluation, utcnow
 from dyart.checkpoint import read_card
-from dyart.config import TrainConfig
 from dyart.errors import CheckpointError
 from dyart.evaluate import EvaluationWarning
-from dyart.train import Trainer
-from tests.worker.conftest import TINY_JOB, log_lines, resolved, wait_for
+from tests.worker.conftest import log_lines, wait_for
 from worker import runner
-from worker.artifacts import ArtifactStore, file_sha256
-
-
-@pytest.fixture
-def trained(settings, session_factory, make_user) -> tuple[str, str]:
-    """A job with a burn-in model and its checkpoint row: (job id, checkpoint id)."""
-    owner, _ = make_user("owner")
-    config = resolved({**TINY_JOB, "eval_eps": []})
-    store = ArtifactStore(settings.artifacts_dir)
-    with session_factory() as session:
-        job = jobs.create_job(session, owner, config)
-        session.commit()
-        job_id = job.id
-    Trainer(TrainConfig.from_dict(config, settings.data_dir), store.job_dir(job_id),
-            device="cpu").run(("burn_in",))  # fmt: skip
-    weights = store.job_dir(job_id) / "model-burn_in.safetensors"
-    with session_factory() as session:
-        row = Checkpoint(job_id=job_id, kind="best", epoch=1, path=store.relative(weights),
-                         size=weights.stat().st_size, sha256=file_sha256(weights))  # fmt: skip
-        session.add(row)
-        session.commit()
-        return job_id, row.id
+from worker.artifacts import ArtifactStore
 
 
 def _ask(session_factory, trained, sha256=None, **fields) -> str:

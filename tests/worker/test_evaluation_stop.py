@@ -6,37 +6,20 @@ import json
 
 import pytest
 
-from db import jobs
-from db.models import Checkpoint, Evaluation
-from dyart.config import TrainConfig
+from db.models import Evaluation
 from dyart.errors import StopRequested
-from dyart.train import Trainer
-from tests.worker.conftest import TINY_JOB, resolved
 from worker import runner
 from worker.artifacts import ArtifactStore
 
 
 def test_an_evaluation_stops_before_its_next_attack_once_its_lease_is_lost(
-    settings, session_factory, make_user
+    settings, session_factory, trained
 ):
-    owner, _ = make_user("owner")
-    config = resolved({**TINY_JOB, "eval_eps": []})
+    job_id, checkpoint_id = trained
     store = ArtifactStore(settings.artifacts_dir)
     with session_factory() as session:
-        job = jobs.create_job(session, owner, config)
-        session.commit()
-        job_id = job.id
-    trained = TrainConfig.from_dict(config, settings.data_dir)
-    Trainer(trained, store.job_dir(job_id), device="cpu").run(("burn_in",))
-    weights = store.job_dir(job_id) / "model-burn_in.safetensors"
-    with session_factory() as session:
-        checkpoint = Checkpoint(
-            job_id=job_id, kind="burn_in", path=store.relative(weights), size=1, sha256="0"
-        )
-        session.add(checkpoint)
-        session.flush()
         evaluation = Evaluation(
-            job_id=job_id, checkpoint_id=checkpoint.id, preset="custom", n=20, eps=[0.1]
+            job_id=job_id, checkpoint_id=checkpoint_id, preset="custom", n=20, eps=[0.1]
         )
         session.add(evaluation)
         session.commit()
