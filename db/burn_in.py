@@ -2,8 +2,10 @@
 
 Two jobs share a burn-in when the settings that decide it are equal
 (``dyart.config.TrainConfig.burn_in_key()``; the caller passes that dict, so
-this module needs no torch). A candidate is another job with a completed
-burn-in: a ``burn_in`` checkpoint row, whose ``burn_in.pt`` is still on disk.
+this module needs no torch). A candidate is another job of the same owner with a
+completed burn-in: a ``burn_in`` checkpoint row, whose ``burn_in.pt`` is still on
+disk. Only the owner's own jobs count: reusing another user's would start this job
+from their weights and name their job in this one's record.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def find_reusable_burn_in(
     burn_in_key: dict[str, Any],
     resolve: Callable[[str], Path],
 ) -> tuple[str, Path] | None:
-    """``(source_job_id, path to its burn_in.pt)`` of the newest matching job, or None.
+    """``(source_job_id, path to its burn_in.pt)`` of the owner's newest matching job,
+    or None.
 
     Args:
         session: a database session.
@@ -37,10 +40,11 @@ def find_reusable_burn_in(
     """
     if not burn_in_key.get("burn_in_epochs"):
         return None
+    owner = select(Job.owner_id).where(Job.id == job_id).scalar_subquery()
     rows = session.execute(
         select(Job.id, Job.config, Checkpoint.path)
         .join(Checkpoint, Checkpoint.job_id == Job.id)
-        .where(Checkpoint.kind == "burn_in", Job.id != job_id)
+        .where(Checkpoint.kind == "burn_in", Job.id != job_id, Job.owner_id == owner)
         .where(Job.dataset == burn_in_key.get("dataset"))
         .order_by(Checkpoint.created_at.desc())
     )

@@ -413,6 +413,7 @@ def _reuse_burn_in(session: Session, job_id: str, config: Any, store: ArtifactSt
     source_id, path = found
     reason = burn_in_mismatch(path, config)  # e.g. made on an earlier split of the dataset
     if reason:
+        reason = reason.replace(str(path), store.relative(path))  # no server paths in a log
         jobs.add_log(session, job_id, f"not reusing the burn-in of job {source_id}: {reason}")
         return None
     session.get(Job, job_id).burn_in_source_job_id = source_id

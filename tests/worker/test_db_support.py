@@ -108,15 +108,18 @@ def test_burn_in_reuse_needs_an_equal_key_and_the_file(db_session, tmp_path):
     key = {"dataset": "digits", "architecture": "mlp", "seed": 0, "burn_in_epochs": 1}
     source = _job_with_burn_in(db_session, store, owner, {**key, "method": "clean"})
     other = _job_with_burn_in(db_session, store, owner, {**key, "seed": 1})
-    found = find_reusable_burn_in(db_session, "f" * 32, key, store.resolve)
+    asking = Job(owner_id=owner.id, method="dyart", dataset="digits", config=key)
+    db_session.add(asking)
+    db_session.flush()
+    found = find_reusable_burn_in(db_session, asking.id, key, store.resolve)
     assert found == (source.id, store.job_dir(source.id) / "burn_in.pt")
     assert find_reusable_burn_in(db_session, source.id, key, store.resolve) is None  # not itself
     assert (
-        find_reusable_burn_in(db_session, "f" * 32, {**key, "burn_in_epochs": 0}, store.resolve)
+        find_reusable_burn_in(db_session, asking.id, {**key, "burn_in_epochs": 0}, store.resolve)
         is None
     )
     (store.job_dir(source.id) / "burn_in.pt").unlink()
-    assert find_reusable_burn_in(db_session, "f" * 32, key, store.resolve) is None
+    assert find_reusable_burn_in(db_session, asking.id, key, store.resolve) is None
     assert other.id != source.id
 
 
@@ -169,6 +172,12 @@ def test_a_burn_in_found_by_its_config_but_made_on_another_split_is_not_reused(
     db_session.add(Checkpoint(job_id=source.id, kind="burn_in", path=weights, size=1, sha256="0"))
     db_session.flush()
     burn_in = store.job_dir(source.id) / "burn_in.pt"
+    stranger = Job(owner_id=tokens.create_user(db_session, "bo").id, method="clean",
+                   dataset="synthetic", config=config.to_dict())  # fmt: skip
+    db_session.add(stranger)
+    db_session.flush()
+    assert runner._reuse_burn_in(db_session, stranger.id, config, store) is None  # not ann's job
+    assert db_session.get(Job, stranger.id).burn_in_source_job_id is None
     assert runner._reuse_burn_in(db_session, new.id, config, store) == burn_in
     assert db_session.get(Job, new.id).burn_in_source_job_id == source.id
     db_session.get(Job, new.id).burn_in_source_job_id = None
@@ -178,6 +187,8 @@ def test_a_burn_in_found_by_its_config_but_made_on_another_split_is_not_reused(
     assert runner._reuse_burn_in(db_session, new.id, config, store) is None
     assert db_session.get(Job, new.id).burn_in_source_job_id is None
     logs = db_session.scalars(select(JobLog.message).where(JobLog.job_id == new.id)).all()
-    assert any(
-        m.startswith(f"not reusing the burn-in of job {source.id}: checkpoint:") for m in logs
+    refused = (
+        f"not reusing the burn-in of job {source.id}: checkpoint: jobs/{source.id}/burn_in.pt "
     )
+    assert any(m.startswith(refused) for m in logs), logs
+    assert not any(str(tmp_path) in m for m in logs), logs  # no server path in the log
