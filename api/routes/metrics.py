@@ -4,9 +4,11 @@ Each app has its own registry (tests build many apps in one process). The
 jobs gauge is read from the database when Prometheus scrapes, so it is never
 stale and costs one grouped COUNT per scrape.
 
-With ``DYART_METRICS_TOKEN`` set, a scrape must send that token as a bearer
-token; it is the scraper's own secret, and user API tokens do not open it.
-Unset, /metrics answers anyone who can reach the API.
+Who may read it: on a server that requires tokens (``DYART_AUTH=required``, or
+``auto`` off loopback), a scrape sends ``DYART_METRICS_TOKEN`` (the scraper's own
+secret) or an admin's API token as a bearer token; another user's token does not
+open it, since the counts are every user's. Without auth (the embedded mode on
+loopback) it is open, unless ``DYART_METRICS_TOKEN`` is set: then only that token.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, Security
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -27,9 +29,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from api.deps import BEARER
 from api.errors import AuthMissingError
 from api.routes import error_responses
-from db import workers
+from db import tokens, workers
 from db.models import Job
 
 router = APIRouter(tags=["metrics"])
@@ -130,31 +133,45 @@ class RequestMetricsMiddleware:
 
 
 def require_metrics_token(request: Request) -> None:
-    """401 unless the request carries the DYART_METRICS_TOKEN bearer token (when it is set)."""
+    """401 unless the request may read the metrics (see the module's docstring)."""
     expected = request.app.state.settings.metrics_token
-    if expected is None:
+    users = bool(request.app.state.auth_required)  # an admin's token opens it too
+    if expected is None and not users:
         return
+    what = " or ".join(
+        part
+        for part, offered in (
+            ("the DYART_METRICS_TOKEN bearer token", expected is not None),
+            ("an admin's API token", users),
+        )
+        if offered
+    )
     header = request.headers.get("authorization")
     if header is None:
         raise AuthMissingError(
-            "missing bearer token: /metrics needs the DYART_METRICS_TOKEN bearer token, "
-            "sent as 'Authorization: Bearer <token>'"
+            f"missing bearer token: /metrics needs {what}, sent as 'Authorization: Bearer <token>'"
         )
     scheme, _, given = header.strip().partition(" ")
     # Starlette decodes header values as latin-1: encoding back gives the bytes sent.
     sent = given.strip().encode("latin-1")
-    if not (scheme.lower() == "bearer" and hmac.compare_digest(sent, expected.encode("ascii"))):
-        raise AuthMissingError(
-            "wrong bearer token: /metrics needs the DYART_METRICS_TOKEN bearer token "
-            "(user API tokens do not open it)"
-        )
+    bearer = scheme.lower() == "bearer"
+    if bearer and expected is not None and hmac.compare_digest(sent, expected.encode("ascii")):
+        return
+    if bearer and users and sent and sent.isascii():
+        with request.app.state.session_factory() as session:
+            user = tokens.user_for_token(session, sent.decode("ascii"))
+            if user is not None and user.is_admin:
+                return
+    raise AuthMissingError(
+        f"wrong bearer token: /metrics needs {what} (other users' tokens do not open it)"
+    )
 
 
 @router.get(
     "/metrics",
     response_class=Response,
-    dependencies=[Depends(require_metrics_token)],
-    responses=error_responses(401),  # only once DYART_METRICS_TOKEN is set
+    dependencies=[Security(BEARER), Depends(require_metrics_token)],
+    responses=error_responses(401),  # with tokens required, or DYART_METRICS_TOKEN set
 )
 def prometheus_metrics(request: Request) -> Response:
     """Prometheus text exposition."""

@@ -12,8 +12,16 @@ import pytest
 from db import tokens
 from db.models import Job
 
-PUBLIC = {"/api/v1/health", "/api/v1/health/ready", "/api/v1/catalog", "/metrics"}
+PUBLIC = {"/api/v1/health", "/api/v1/health/ready", "/api/v1/catalog"}
 MISSING = "missing bearer token: send 'Authorization: Bearer <token>'"
+# /metrics holds every user's counts: it takes an admin's token (test_metrics_token.py)
+METRICS_MISSING = (
+    "missing bearer token: /metrics needs an admin's API token, "
+    "sent as 'Authorization: Bearer <token>'"
+)
+METRICS_WRONG = (
+    "wrong bearer token: /metrics needs an admin's API token (other users' tokens do not open it)"
+)
 MALFORMED = "malformed Authorization header: expected 'Bearer <token>'"
 INVALID = "invalid or revoked token"
 
@@ -28,7 +36,7 @@ def _fill(path: str, ident: str = "0" * 32) -> str:
     return path.replace("{job_id}", ident).replace("{checkpoint_id}", ident)
 
 
-def test_every_route_but_health_catalog_and_metrics_needs_a_token(app, client):
+def test_every_route_but_health_and_catalog_needs_a_token(app, client):
     anonymous = client(headers={})
     routes = list(_routes(app))
     assert len(routes) >= 14
@@ -40,7 +48,7 @@ def test_every_route_but_health_catalog_and_metrics_needs_a_token(app, client):
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         if method != "HEAD":  # a HEAD answer has no body
-            assert response.json() == {"detail": MISSING}
+            assert response.json() == {"detail": METRICS_MISSING if path == "/metrics" else MISSING}
 
 
 @pytest.mark.parametrize(
@@ -115,7 +123,7 @@ def test_revoked_token_is_401_on_every_route_and_other_tokens_still_work(
         response = revoked.request(method, _fill(path, job["id"]), json={})
         assert response.status_code == 401, (method, path)
         if method != "HEAD":  # a HEAD answer has no body
-            assert response.json() == {"detail": INVALID}
+            assert response.json() == {"detail": METRICS_WRONG if path == "/metrics" else INVALID}
     still = client(headers={"Authorization": f"Bearer {spare}"}).get(f"/api/v1/jobs/{job['id']}")
     assert still.status_code == 200
 

@@ -85,11 +85,11 @@ def test_catalog_says_which_datasets_are_here(client):
     assert r0["max"] == 4.0
 
 
-def test_prometheus_metrics_count_requests_and_jobs(client, make_job):
+def test_prometheus_metrics_count_requests_and_jobs(client, make_job, root):
     make_job(client)
     make_job(client, status="running")
     client().get("/api/v1/jobs")
-    text = client().get("/metrics").text
+    text = client(headers={"Authorization": f"Bearer {root[1]}"}).get("/metrics").text
     assert 'dyart_jobs{status="queued"} 1.0' in text
     assert 'dyart_jobs{status="running"} 1.0' in text
     assert 'route="/api/v1/jobs"' in text and 'method="POST"' in text

@@ -1,5 +1,6 @@
-"""/metrics behind DYART_METRICS_TOKEN: open while it is unset, and with it set only
-that token (never a user's API token) reads the metrics."""
+"""Who reads /metrics: with tokens required, DYART_METRICS_TOKEN or an admin's API
+token (never another user's); without auth, anyone on loopback until the
+DYART_METRICS_TOKEN is set, then only that token."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from db.settings import Settings, reset_settings, settings_error_lines
 from tests.service.conftest import BASE, SMALL_JOB, TestClient
 
 METRICS_TOKEN = "scrape-3f9a1c7e5b2d4086"
-NEEDS_TOKEN = "/metrics needs the DYART_METRICS_TOKEN bearer token"
+NEEDS_TOKEN = "/metrics needs the DYART_METRICS_TOKEN bearer token or an admin's API token"
 
 
 @pytest.fixture
@@ -40,12 +41,38 @@ def scrape(scraped_app):
         c.close()
 
 
-def test_metrics_stay_open_without_the_setting(app):
+def test_metrics_are_open_without_auth_and_without_the_setting(settings):
+    embedded = create_app(settings.model_copy(update={"auth": "off"}))
+    try:
+        assert embedded.state.settings.metrics_token is None
+        with TestClient(embedded, base_url=BASE) as anonymous:
+            response = anonymous.get("/metrics")
+        assert response.status_code == 200
+        assert 'dyart_jobs{status="queued"} 0.0' in response.text
+    finally:
+        embedded.state.engine.dispose()
+
+
+def test_with_tokens_required_only_an_admin_reads_the_metrics(app, alice, root):
+    """Every user's counts are in them: not for a user's token, nor for nobody's."""
     assert app.state.settings.metrics_token is None
-    with TestClient(app, base_url=BASE) as anonymous:
-        response = anonymous.get("/metrics")
-    assert response.status_code == 200
-    assert 'dyart_jobs{status="queued"} 0.0' in response.text
+    with TestClient(app, base_url=BASE) as c:
+        anonymous = c.get("/metrics")
+        assert anonymous.status_code == 401
+        assert anonymous.json()["detail"] == (
+            "missing bearer token: /metrics needs an admin's API token, "
+            "sent as 'Authorization: Bearer <token>'"
+        )
+        user = c.get("/metrics", headers={"Authorization": f"Bearer {alice[1]}"})
+        assert user.status_code == 401
+        assert user.json()["detail"] == (
+            "wrong bearer token: /metrics needs an admin's API token "
+            "(other users' tokens do not open it)"
+        )
+        assert "dyart_jobs" not in user.text
+        admin = c.get("/metrics", headers={"Authorization": f"Bearer {root[1]}"})
+        assert admin.status_code == 200, admin.text
+        assert 'dyart_jobs{status="queued"} 0.0' in admin.text
 
 
 def test_metrics_refuse_a_scrape_without_a_token(scrape):
@@ -72,15 +99,15 @@ def test_metrics_refuse_a_wrong_token(scrape, authorization):
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == {
-        "detail": f"wrong bearer token: {NEEDS_TOKEN} (user API tokens do not open it)"
+        "detail": f"wrong bearer token: {NEEDS_TOKEN} (other users' tokens do not open it)"
     }
 
 
-def test_metrics_refuse_a_user_api_token(scraped_app, scrape, alice, root):
-    for _, token in (alice, root):  # an admin's token is no scrape token either
-        response = scrape({"Authorization": f"Bearer {token}"})
-        assert response.status_code == 401
-        assert NEEDS_TOKEN in response.json()["detail"]
+def test_metrics_refuse_a_user_api_token_and_open_to_an_admins(scraped_app, scrape, alice, root):
+    response = scrape({"Authorization": f"Bearer {alice[1]}"})
+    assert response.status_code == 401
+    assert NEEDS_TOKEN in response.json()["detail"]
+    assert scrape({"Authorization": f"Bearer {root[1]}"}).status_code == 200
     # the user's token still opens the API, and the scrape token does not
     with TestClient(scraped_app, base_url=BASE) as c:
         assert c.get("/api/v1/me", headers={"Authorization": f"Bearer {alice[1]}"}).is_success

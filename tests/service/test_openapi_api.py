@@ -39,9 +39,9 @@ def test_operations_list_the_scheme_exactly_when_they_answer_401_without_a_token
         (protected if status == 401 else public).add(path)
         assert operation.get("security") == (bearer if status == 401 else None), (method, path)
     anonymous.close()
-    assert public == {"/api/v1/health", "/api/v1/health/ready", "/api/v1/catalog", "/metrics"}
+    assert public == {"/api/v1/health", "/api/v1/health/ready", "/api/v1/catalog"}
     download = "/api/v1/checkpoints/{checkpoint_id}/download"
-    assert {"/api/v1/me", "/api/v1/jobs", download} <= protected
+    assert {"/api/v1/me", "/api/v1/jobs", download, "/metrics"} <= protected
 
 
 def test_readiness_documents_the_422_it_answers(client):
