@@ -8,8 +8,9 @@ sent is still checked, so a bad one is a 401 in every mode.
 
 The settings name the address the server should listen on, not the one it does
 (``uvicorn api.main:app --host 0.0.0.0`` ignores DYART_HOST), so without auth
-each request is also checked against the address it arrived on: see
-:func:`arrived_beyond_loopback`.
+each request is also checked against the address it arrived on (see
+:func:`arrived_beyond_loopback`) and for the headers a reverse proxy adds: behind
+nginx on the same host every request arrives on loopback.
 """
 
 from __future__ import annotations
@@ -59,18 +60,37 @@ def arrived_beyond_loopback(server: Any) -> str | None:
     return None if (mapped or address).is_loopback else host
 
 
-def refuse_no_auth_beyond_loopback(server: Any, settings: object) -> None:
-    """AuthOffExposedError (403) for a request without auth that arrived off loopback."""
+# Headers a reverse proxy adds: a request that carries one came from wherever the
+# proxy listens, though it arrives on loopback.
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def came_through_proxy(headers: Any) -> str | None:
+    """The first proxy header ``headers`` carries (as it is named there), or None."""
+    for name in PROXY_HEADERS:
+        if headers.get(name) is not None:
+            return name
+    return None
+
+
+def refuse_no_auth_beyond_loopback(server: Any, settings: object, headers: Any = None) -> None:
+    """AuthOffExposedError (403) for a request without auth that arrived off loopback,
+    or on loopback through a reverse proxy (nginx in front of 127.0.0.1:8000, say)."""
     host = arrived_beyond_loopback(server)
-    if host is None:
+    proxy = came_through_proxy(headers) if headers is not None and host is None else None
+    if host is None and proxy is None:
         return
     mode = str(getattr(settings, "auth", "auto"))
     bound = getattr(settings, "host", "127.0.0.1")
+    where = (
+        f"arrived on {host}, an address beyond loopback, so anyone who can reach it"
+        if host is not None
+        else f"came through a proxy (it carries {proxy}), so anyone who can reach the proxy"
+    )
     raise AuthOffExposedError(
         f"authentication is off (DYART_AUTH={mode}, DYART_HOST={bound}) but this request "
-        f"arrived on {host}, an address beyond loopback, so anyone who can reach it would "
-        "act as the admin: set DYART_AUTH=required and send bearer tokens, or serve on "
-        "127.0.0.1 only"
+        f"{where} would act as the admin: set DYART_AUTH=required and send bearer tokens, "
+        "or serve on 127.0.0.1 only, without a proxy"
     )
 
 

@@ -48,7 +48,9 @@ def current_user(request: Request, session: SessionDep, _bearer: BearerDeclared)
     """The authenticated user (401 otherwise; 403 without auth off loopback: see api.auth)."""
     required = request.app.state.auth_required
     if not required:
-        refuse_no_auth_beyond_loopback(request.scope.get("server"), request.app.state.settings)
+        refuse_no_auth_beyond_loopback(
+            request.scope.get("server"), request.app.state.settings, request.headers
+        )
     return authenticate(session, request.headers.get("authorization"), required)
 
 

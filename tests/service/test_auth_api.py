@@ -87,6 +87,31 @@ def test_without_auth_a_request_arriving_beyond_loopback_is_403(settings, alice,
 
 
 @pytest.mark.parametrize(
+    "header",
+    [
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("Forwarded", "for=203.0.113.9;proto=https"),
+        ("X-Real-IP", "203.0.113.9"),
+        ("x-forwarded-host", "dyart.example.org"),
+    ],
+)
+def test_without_auth_a_request_through_a_proxy_on_loopback_is_403(settings, header):
+    """nginx on the same host forwards every request from 127.0.0.1: the proxy's
+    headers say that it came from beyond, and it must not act as the admin."""
+    app, c = _no_auth_client(settings, "http://127.0.0.1:8000")
+    with c:
+        response = c.get("/api/v1/me", headers=dict([header]))
+        assert response.status_code == 403
+        detail = response.json()["detail"]
+        assert detail.startswith("authentication is off")
+        assert f"came through a proxy (it carries {header[0].lower()})" in detail, detail
+        assert "DYART_AUTH=required" in detail
+        assert c.get("/api/v1/jobs", headers=dict([header])).status_code == 403
+        assert c.get("/api/v1/me").json()["name"] == "local"  # straight from loopback: fine
+    app.state.engine.dispose()
+
+
+@pytest.mark.parametrize(
     "base_url",
     ["http://127.0.0.1:8000", "http://127.8.9.10:8000", "http://[::1]:8000", BASE],
 )
