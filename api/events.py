@@ -13,6 +13,10 @@ changed since the last look (about twice a second) and emits it:
   keeps polling, and carries on from where it was when the database is back
   (the next ``job`` event says it is).
 
+The token the stream was opened with is checked again every
+``ACCESS_RECHECK_SECONDS``: once it is revoked (or its user may no longer see the
+job) the stream closes, without ``end``; the client's reconnect gets the 401.
+
 Event ids are ``<last metric id>-<last log id>``: a client that reconnects with
 ``Last-Event-ID`` (or ``?since=``) gets only the rows it has not seen, plus the
 current job and evaluations.
@@ -39,6 +43,7 @@ import anyio
 from anyio import to_thread
 from anyio.lowlevel import RunVar
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.errors import database_down
 from db.models import Job, JobLog, JobMetric
@@ -48,6 +53,7 @@ log = logging.getLogger("api.events")
 FINAL = ("succeeded", "failed", "canceled")
 PENDING_EVALUATION = ("queued", "running")
 KEEPALIVE_SECONDS = 15.0
+ACCESS_RECHECK_SECONDS = 10.0  # a revoked token's open stream ends within about this
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
 _MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
@@ -56,6 +62,8 @@ LOG_BATCH = 1000  # log rows per poll; a longer backlog goes out over the next p
 # pool's 5 + 10 connections and the 40 threads of the request threadpool.
 POLL_THREADS = 4
 _poll_lane: RunVar[anyio.CapacityLimiter] = RunVar("dyart_events_poll_lane")
+# Whether the stream's credentials still give access to the job (checked in a poll).
+Access = Callable[[Session, Job], bool]
 UNAVAILABLE = (
     "database unavailable: the service cannot reach its database right now; "
     "live updates resume when it answers"
@@ -91,6 +99,7 @@ class Snapshot:
     logs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     more_logs: bool = False  # log rows past this poll's batch wait for the next one
+    refused: bool = False  # the stream's token no longer gives access to the job
 
     @property
     def finished(self) -> bool:
@@ -102,8 +111,11 @@ class Snapshot:
         return self.job["status"] in FINAL and not pending
 
 
-def take_snapshot(session_factory: Any, job_id: str, cursor: Cursor) -> Snapshot:
-    """Read the job and everything newer than ``cursor`` in one short session."""
+def take_snapshot(
+    session_factory: Any, job_id: str, cursor: Cursor, access: Access | None = None
+) -> Snapshot:
+    """Read the job and everything newer than ``cursor`` in one short session;
+    with ``access``, first check that the stream may still see it."""
     from api.routes.evaluations import job_evaluations
     from api.routes.jobs import job_public, log_line, metric_public
 
@@ -111,6 +123,8 @@ def take_snapshot(session_factory: Any, job_id: str, cursor: Cursor) -> Snapshot
         job = session.get(Job, job_id)
         if job is None:
             return Snapshot(job=None)
+        if access is not None and not access(session, job):
+            return Snapshot(job=None, refused=True)
         metrics = session.scalars(
             select(JobMetric)
             .where(JobMetric.job_id == job_id, JobMetric.id > cursor.metric)
@@ -150,8 +164,11 @@ def sse(event: str, data: Any, ident: Cursor | None = None) -> str:
 class JobEventStream:
     """The state of one client's stream: what it has already been sent."""
 
-    def __init__(self, session_factory: Any, job_id: str, cursor: Cursor):
+    def __init__(
+        self, session_factory: Any, job_id: str, cursor: Cursor, access: Access | None = None
+    ):
         self.session_factory, self.job_id, self.cursor = session_factory, job_id, cursor
+        self.access = access
         self.last_job: dict[str, Any] | None = None
         self.last_evaluations: dict[str, dict[str, Any]] = {}
 
@@ -180,15 +197,17 @@ class JobEventStream:
     ) -> AsyncIterator[str]:
         """Poll until the job is final (then ``end``) or the client goes away."""
         yield "retry: 2000\n\n"
-        quiet_since = time.monotonic()
+        quiet_since = checked = time.monotonic()
         down = False
         while not await is_disconnected():
+            due = self.access is not None and time.monotonic() - checked >= ACCESS_RECHECK_SECONDS
             try:
                 snap = await to_thread.run_sync(
                     take_snapshot,
                     self.session_factory,
                     self.job_id,
                     self.cursor,
+                    self.access if due else None,
                     limiter=poll_lane(),
                 )
             except Exception as exc:
@@ -206,6 +225,11 @@ class JobEventStream:
                     yield ": keep-alive\n\n"
                 await anyio.sleep(max(poll_seconds, 1.0))
                 continue
+            if due:
+                checked = time.monotonic()
+            if snap.refused:
+                log.info("event stream of job %s closed: its token no longer opens it", self.job_id)
+                return
             if down:
                 down, self.last_job = False, None  # say it is back with the current job
                 log.info("event stream of job %s: database answers again", self.job_id)

@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 from db.models import Evaluation, Job, JobLog, JobMetric
 
@@ -196,3 +197,54 @@ def test_event_stream_stays_open_through_a_database_outage(tmp_path, caplog):
     ]
     assert not any(r.exc_info for r in caplog.records)
     engine.dispose()
+
+
+def test_a_revoked_token_closes_its_open_stream(client, make_job, app, alice, monkeypatch):
+    """A stolen token revoked by the admin must not keep reading a job for hours."""
+    from api import events
+    from db import tokens
+
+    monkeypatch.setattr(events, "ACCESS_RECHECK_SECONDS", 0.2)
+    job = make_job(client, status="running", stage="train", epoch=1)
+    started, revoked = threading.Event(), threading.Event()
+
+    def revoke_then_finish():
+        started.wait(10)
+        _add_rows(app, job["id"], logs=["before the revoke"])
+        with app.state.session_factory() as session:
+            assert tokens.revoke_token(session, alice[1][: tokens.PREFIX_LENGTH]) == 1
+            session.commit()
+        revoked.set()
+        time.sleep(5)  # a stream still open by then reads the rest: the test fails, not hangs
+        _add_rows(app, job["id"], logs=["after the revoke"])
+        with app.state.session_factory() as session:
+            session.get(Job, job["id"]).status = "succeeded"
+            session.commit()
+
+    thread = threading.Thread(target=revoke_then_finish)
+    thread.start()
+    with client().stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        assert response.status_code == 200
+        body = read_stream(response, started, "event: job")
+    thread.join()
+    events_seen = parse_sse(body)
+    kinds = [kind for _, kind, _ in events_seen]
+    assert revoked.is_set() and "end" not in kinds, kinds
+    messages = [d["message"] for _, k, d in events_seen if k == "log"]
+    assert "after the revoke" not in messages, messages
+    again = client().get(f"/api/v1/jobs/{job['id']}/events")
+    assert again.status_code == 401 and again.json() == {"detail": "invalid or revoked token"}
+
+
+def test_an_admins_stream_of_another_users_job_stays_open(client, make_job, app, root, monkeypatch):
+    from api import events
+
+    monkeypatch.setattr(events, "ACCESS_RECHECK_SECONDS", 0.05)
+    job = make_job(client, status="running", stage="train", epoch=1)
+    started = threading.Event()
+    thread = _finish_later(app, job["id"], started)
+    with client(root).stream("GET", f"/api/v1/jobs/{job['id']}/events") as response:
+        body = read_stream(response, started, "event: job")
+    thread.join()
+    kinds = [kind for _, kind, _ in parse_sse(body)]
+    assert kinds[-1] == "end", kinds
