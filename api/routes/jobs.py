@@ -105,8 +105,8 @@ def _timing(job: Job, progress: float) -> tuple[float | None, float | None]:
     if started is None:
         return None, None
     elapsed = ((finished or datetime.now(UTC)) - started).total_seconds()
-    if job.status != "running" or progress <= 0:
-        return elapsed, None
+    if job.status != "running" or progress <= 0 or job.stage == "evaluate":
+        return elapsed, None  # AutoAttack's length is not known from the training epochs
     return elapsed, elapsed * (1 - progress) / progress
 
 

@@ -1,8 +1,10 @@
 """Jobs over HTTP: create, list (filters, paging), get, cancel, resume, ownership."""
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
-from db.models import Job
+from db.models import Job, JobMetric
 
 
 def test_create_job_is_queued_with_resolved_config(client, alice):
@@ -174,3 +176,20 @@ def test_metrics_log_and_progress_come_from_the_rows(client, make_job, app):
         "epoch": 1,
     }
     assert got["progress"] == pytest.approx(3 / 4)  # 2 burn-in + 1 of 2 train epochs
+
+
+def test_a_running_job_has_a_time_left_while_it_trains_and_none_during_autoattack(
+    client, make_job, app
+):
+    """AutoAttack's length is not known from the epochs: no "0 s left" while it runs."""
+    started = datetime.now(UTC) - timedelta(seconds=60)
+    training = make_job(client, status="running", stage="train", epoch=1, started_at=started)
+    with app.state.session_factory() as session:
+        session.add(JobMetric(job_id=training["id"], stage="train", epoch=1, train_loss=1.0))
+        session.commit()
+    training = client().get(f"/api/v1/jobs/{training['id']}").json()
+    assert training["progress"] == pytest.approx(3 / 4)  # 2 burn-in + 1 of 2 train epochs
+    assert training["elapsed_seconds"] >= 60 and training["eta_seconds"] > 0
+    evaluating = make_job(client, status="running", stage="evaluate", started_at=started)
+    assert evaluating["progress"] == 1.0 and evaluating["elapsed_seconds"] >= 60
+    assert evaluating["eta_seconds"] is None
