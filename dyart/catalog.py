@@ -543,11 +543,18 @@ def check_value(param: Param, value: Any, where: str) -> tuple[Any, str | None]:
             return value, f"{where}: expected a list of numbers, got {value!r}"
         if param.max_items is not None and len(value) > param.max_items:
             return value, f"{where}: at most {param.max_items} values are allowed, got {len(value)}"
-        out = []
+        out, seen = [], {}
         for i, item in enumerate(value):
             item, err = _check_number(param, item, f"{where}[{i}]", float)
             if err:
                 return value, err
+            # values equal to 6 significant digits share one result (and one folder of
+            # AutoAttack progress): one would be reported for the other
+            key = f"{item:.6g}"
+            if key in seen:
+                twice = f"{item:g} is given twice (as {seen[key]:g})"
+                return value, f"{where}[{i}]: {twice}; list each value once"
+            seen[key] = item
             out.append(item)
         return out, None
     return _check_number(param, value, where, int if kind == "int" else float)

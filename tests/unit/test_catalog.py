@@ -36,6 +36,11 @@ def test_validate_job_fills_every_default():
         ({"batch_size": 2.5}, "batch_size", "batch_size: expected an integer, got 2.5"),
         ({"schedule": "linear"}, "schedule", "schedule: 'linear' is not one of"),
         ({"eval_eps": [0.1, 2]}, "eval_eps", "eval_eps[1]: 2.0 is above the maximum 1.0"),
+        (
+            {"eval_eps": [0.1, 0.3, 0.1000000001]},
+            "eval_eps",
+            "eval_eps[2]: 0.1 is given twice (as 0.1); list each value once",
+        ),
         ({"hparams": {"r0": -1}}, "hparams.r0", "hparams.r0: -1.0 is below the minimum 0.0"),
         ({"hparams": {"beta": 6}}, "hparams.beta", "method 'dyart' has no hyperparameter 'beta'"),
         ({"dataset": "imagenet"}, "dataset", "'imagenet' is not one of mnist10k"),
