@@ -115,9 +115,10 @@ class Settings(BaseSettings):
     metrics_token: str | None = Field(
         None,
         repr=False,
-        description="Token Prometheus sends to read `/metrics` (`Authorization: Bearer <token>`); "
-        "a separate secret, user API tokens do not open it. Unset: `/metrics` answers anyone "
-        "who can reach the API.",
+        description="Token Prometheus sends to read `/metrics` (`Authorization: Bearer <token>`), "
+        "a secret of its own. With tokens required, `/metrics` answers it or an admin's API "
+        "token (unset: an admin's only); in the embedded mode on loopback, unset leaves "
+        "`/metrics` open.",
     )
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
