@@ -260,13 +260,14 @@ def revoke_token(settings: Settings, prefix: str | None, user: str | None) -> No
             return
         assert prefix is not None
         try:
+            owners = tokens.prefix_owners(session, prefix)
             count = tokens.revoke_token(session, prefix)
         except tokens.TokenPrefixError as exc:
             raise CliError(str(exc)) from exc
         session.commit()
     if not count:
         raise CliError(f"no active token starts with {prefix!r}")
-    print(f"revoked {count} token(s) starting with {prefix}")
+    print(f"revoked {count} token(s) of {', '.join(owners)} starting with {prefix}")
 
 
 def list_tokens(settings: Settings, name: str) -> None:

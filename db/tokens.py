@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -54,21 +55,42 @@ def revoke_token(session: Session, prefix: str) -> int:
     """Revoke every active token whose prefix starts with ``prefix``; returns how many.
 
     Raises:
-        TokenPrefixError: ``prefix`` is shorter than MIN_REVOKE_PREFIX characters.
+        TokenPrefixError: ``prefix`` is shorter than MIN_REVOKE_PREFIX characters, or
+            starts the tokens of more than one user (a short prefix can: only two of
+            its characters after ``dyart_`` are random).
     """
     if len(prefix) < MIN_REVOKE_PREFIX:
         raise TokenPrefixError(
             f"token prefix {prefix!r} is too short: give at least {MIN_REVOKE_PREFIX} characters"
         )
+    owners = prefix_owners(session, prefix)
+    if len(owners) > 1:
+        raise TokenPrefixError(
+            f"token prefix {prefix!r} starts active tokens of {len(owners)} users "
+            f"({', '.join(owners)}): give all {PREFIX_LENGTH} characters that list-tokens "
+            "shows, or --user NAME"
+        )
     result = session.execute(
         update(ApiToken)
-        .where(
-            ApiToken.prefix.startswith(prefix[:PREFIX_LENGTH], autoescape=True),
-            ApiToken.revoked_at.is_(None),
-        )
+        .where(_active_with(prefix))
         .values(revoked_at=utcnow())
+        .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)
+
+
+def _active_with(prefix: str) -> Any:
+    return ApiToken.prefix.startswith(
+        prefix[:PREFIX_LENGTH], autoescape=True
+    ) & ApiToken.revoked_at.is_(None)
+
+
+def prefix_owners(session: Session, prefix: str) -> list[str]:
+    """The names of the users with an active token starting with ``prefix``."""
+    names = session.scalars(
+        select(User.name).join(ApiToken, ApiToken.user_id == User.id).where(_active_with(prefix))
+    )
+    return sorted(set(names))
 
 
 def revoke_user_tokens(session: Session, user: User) -> int:

@@ -178,6 +178,7 @@ def test_admin_cli_creates_user_and_token_that_authenticates(settings, client):
     assert "dave\tadmin" in _cli(settings, "admin", "list-users").stdout
     revoked = _cli(settings, "admin", "revoke-token", secret[:10])
     assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked 1 token(s) of dave starting with {secret[:10]}"
     assert c.get("/api/v1/me").status_code == 401
     unknown = _cli(settings, "admin", "create-token", "nobody")
     assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr

@@ -88,6 +88,23 @@ def test_token_authenticates_until_revoked(db_session):
     assert tokens.revoke_token(db_session, token[:10]) == 0
 
 
+def test_a_revoke_prefix_that_starts_two_users_tokens_revokes_nothing(db_session):
+    """Only two characters after ``dyart_`` are random in an 8-character prefix."""
+    for name, prefix in (("ann", "dyart_ab1234"), ("bo", "dyart_ab9876")):
+        user = tokens.create_user(db_session, name)
+        db_session.add(ApiToken(user_id=user.id, prefix=prefix, token_hash=name * 32))
+    db_session.flush()
+    with pytest.raises(tokens.TokenPrefixError) as refused:
+        tokens.revoke_token(db_session, "dyart_ab")
+    assert str(refused.value) == (
+        "token prefix 'dyart_ab' starts active tokens of 2 users (ann, bo): give all 12 "
+        "characters that list-tokens shows, or --user NAME"
+    )
+    assert db_session.query(ApiToken).filter(ApiToken.revoked_at.is_not(None)).count() == 0
+    assert tokens.prefix_owners(db_session, "dyart_ab98") == ["bo"]
+    assert tokens.revoke_token(db_session, "dyart_ab9876") == 1
+
+
 def _job_with_burn_in(session, store, owner, config):
     job = Job(owner_id=owner.id, method="dyart", dataset=config["dataset"], config=config)
     session.add(job)
