@@ -144,7 +144,8 @@ def test_thousands_of_bad_fields_get_a_bounded_answer(client):
 
 
 def test_create_job_rejects_more_eval_eps_than_an_evaluation_takes(client):
-    at_limit = client().post("/api/v1/jobs", json={**GOOD, "eval_eps": [0.1] * 20})
+    twenty = [round(0.01 * (i + 1), 2) for i in range(20)]  # 20 distinct radii
+    at_limit = client().post("/api/v1/jobs", json={**GOOD, "eval_eps": twenty})
     assert at_limit.status_code == 201 and len(at_limit.json()["config"]["eval_eps"]) == 20
     body = {**GOOD, "eval_eps": [0.1] * 100_000, "epochs": 0}
     response = client().post("/api/v1/jobs", json=body)
