@@ -15,7 +15,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.auth import authenticate, refuse_no_auth_beyond_loopback
-from api.errors import ResourceNotFoundError
+from api.errors import ResourceNotFoundError, TooMuchWorkError
+from db import quota
 from db.models import Checkpoint, Job, User
 
 # Every id the service makes is ``uuid4().hex``; anything else names nothing, and is
@@ -82,3 +83,18 @@ def owned_checkpoint(checkpoint_id: str, session: SessionDep, user: CurrentUser)
 
 
 OwnedCheckpoint = Annotated[Checkpoint, Depends(owned_checkpoint)]
+
+
+def within_active_limit(session: Session, user: User, settings: object, adding: str) -> None:
+    """429 if ``user`` already has ``max_active_per_user`` jobs and evaluations queued or
+    running (admins are not limited). ``adding`` names what the request would add."""
+    limit = int(getattr(settings, "max_active_per_user", 0) or 0)
+    if not limit or user.is_admin:
+        return
+    active = quota.active_work(session, user.id)
+    if active >= limit:
+        raise TooMuchWorkError(
+            f"you have {active} jobs and evaluations queued or running, the most this server "
+            f"allows one user (DYART_MAX_ACTIVE_PER_USER={limit}); {adding} can wait until one "
+            "of them ends: cancel one, or try again later"
+        )

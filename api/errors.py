@@ -88,6 +88,12 @@ class PayloadTooLargeError(ApiError):
     status = 413
 
 
+class TooMuchWorkError(ApiError):
+    """The user already has as many jobs and evaluations queued or running as allowed."""
+
+    status = 429
+
+
 class FieldsInvalidError(ApiError):
     """One or more request fields are invalid; ``errors`` is [(field, message)]."""
 

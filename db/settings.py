@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Attempts (worker deaths included) before a job fails for good."
     )
+    max_active_per_user: int = Field(
+        0,
+        ge=0,
+        description="Jobs and requested evaluations one user may have queued or running at "
+        "once; past it a submission, resume or evaluation request answers 429. Admins are "
+        "not limited; 0: no limit.",
+    )
     sweep_seconds: float = Field(
         10.0,
         gt=0,

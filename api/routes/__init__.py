@@ -22,6 +22,11 @@ _ERRORS: dict[int, dict[str, Any]] = {
     413: {"model": ErrorPublic, "description": "request body over the limit"},
     416: {"model": ErrorPublic, "description": "Range outside the file"},
     422: {"model": FieldErrorsPublic, "description": "invalid fields, each named"},
+    429: {
+        "model": ErrorPublic,
+        "description": "as many jobs and evaluations queued or running as the server allows "
+        "one user (DYART_MAX_ACTIVE_PER_USER)",
+    },
     503: {"model": ErrorPublic, "description": "database unreachable; retry after Retry-After"},
 }
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_EVALUATION, send_task
-from api.deps import _ID, OwnedJob, SessionDep
+from api.deps import _ID, CurrentUser, OwnedJob, SessionDep, within_active_limit
 from api.errors import ResourceNotFoundError, StateConflictError
-from api.routes import API_PREFIX, AUTHED_ERRORS
+from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
 from db import evaluations
 from db.models import FINAL_STATUSES, Checkpoint, Evaluation, Job, utcnow
@@ -82,9 +82,14 @@ def _pick_checkpoint(session: Session, job: Job, kind: str | None) -> Checkpoint
     )
 
 
-@router.post("/jobs/{job_id}/evaluations", status_code=202, response_model=EvaluationPublic)
+@router.post(
+    "/jobs/{job_id}/evaluations",
+    status_code=202,
+    response_model=EvaluationPublic,
+    responses=error_responses(429),
+)
 def create_evaluation(
-    body: EvaluationCreate, job: OwnedJob, session: SessionDep, request: Request
+    body: EvaluationCreate, job: OwnedJob, session: SessionDep, request: Request, user: CurrentUser
 ) -> EvaluationPublic:
     """Evaluate a checkpoint of the job with AutoAttack at the given eps.
 
@@ -99,9 +104,10 @@ def create_evaluation(
     card = catalog.DATASETS.get(config.get("dataset") or "")
     full = card.test_size if card is not None else None
     n = min(body.n, full) if full is not None else body.n
-    # one request at a time per job (Postgres; SQLite writes one at a time anyway), so
-    # two identical requests sent at once make one evaluation
-    session.execute(select(Job.id).where(Job.id == job.id).with_for_update())
+    # one request at a time per job, so two identical requests sent at once make one
+    # evaluation: a no-op UPDATE holds the job row's lock on Postgres and the write
+    # lock on SQLite (where SELECT ... FOR UPDATE locks nothing) until the commit
+    session.execute(update(Job).where(Job.id == job.id).values(name=Job.name))
     same = session.scalars(
         select(Evaluation).where(
             Evaluation.job_id == job.id,
@@ -116,6 +122,7 @@ def create_evaluation(
     for evaluation in same:
         if list(evaluation.eps or []) == list(body.eps):
             return evaluation_public(evaluation, job)
+    within_active_limit(session, user, request.app.state.settings, "this evaluation")
     evaluation = Evaluation(
         job_id=job.id,
         checkpoint_id=checkpoint.id,

@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_JOB, send_task
-from api.deps import CurrentUser, OwnedJob, SessionDep
+from api.deps import CurrentUser, OwnedJob, SessionDep, within_active_limit
 from api.errors import FieldsInvalidError, StateConflictError
-from api.routes import API_PREFIX, AUTHED_ERRORS
+from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import (
     BestPublic,
     JobCreate,
@@ -219,7 +219,12 @@ def _replay(session: Session, user: User, key: str, config: dict[str, Any], name
     return job
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses=error_responses(429),
+)
 def create_job(
     body: JobCreate,  # type: ignore[valid-type]
     request: Request,
@@ -241,6 +246,7 @@ def create_job(
     if key is not None and (earlier := _replay(session, user, key, config, body.name)):
         response.status_code = status.HTTP_200_OK
         return job_public(session, earlier)
+    within_active_limit(session, user, settings, "this job")
     try:
         job = job_states.create_job(
             session, user, config, name=body.name, max_attempts=settings.max_attempts,
@@ -306,13 +312,21 @@ def cancel_job(job: OwnedJob, session: SessionDep) -> JobPublic:
     return job_public(session, job)
 
 
-@router.post("/jobs/{job_id}/resume", status_code=202, response_model=JobPublic)
-def resume_job(job: OwnedJob, session: SessionDep, request: Request) -> JobPublic:
+@router.post(
+    "/jobs/{job_id}/resume",
+    status_code=202,
+    response_model=JobPublic,
+    responses=error_responses(429),
+)
+def resume_job(
+    job: OwnedJob, session: SessionDep, request: Request, user: CurrentUser
+) -> JobPublic:
     """Resume a canceled or failed job from its latest checkpoint."""
     if job.status not in ("canceled", "failed"):
         raise StateConflictError(
             f"job {job.id} is {job.status}; only a canceled or failed job can be resumed"
         )
+    within_active_limit(session, user, request.app.state.settings, "resuming this job")
     job_states.resume_job(session, job)
     session.commit()
     send_task(request.app.state.celery, RUN_JOB, job.id)
