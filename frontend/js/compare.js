@@ -144,7 +144,19 @@ export async function comparePage(main, { params }) {
   const ids = (params.get("ids") || "").split(",").filter(Boolean);
   main.append(h("h1", {}, "Compare jobs"), await picker(ids));
   if (!ids.length) return null;
-  const jobs = await Promise.all(ids.map(loadJob));
+  // a job that is gone or not yours (404) is named and left out; any other error fails the page
+  const loaded = await Promise.all(ids.map((id) => loadJob(id).catch((error) => {
+    if (error.status === 404) return { missing: id };
+    throw error;
+  })));
+  const missing = loaded.filter((j) => j.missing).map((j) => j.missing);
+  const jobs = loaded.filter((j) => !j.missing);
+  if (missing.length) {
+    main.append(h("p", { class: "warn", role: "note", id: "compare-missing" },
+      `Not found (deleted, mistyped, or not yours): ${missing.join(", ")}. `
+      + (jobs.length ? "The other jobs are compared below." : "There is nothing else to compare.")));
+  }
+  if (!jobs.length) return null;
   const warning = datasetWarning(jobs);
   if (warning) main.append(warning);
   main.append(h("h2", {}, "Training curves"), metricCharts(jobs), h("h2", {}, "AutoAttack"), ...paperTable(jobs),

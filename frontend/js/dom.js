@@ -33,9 +33,35 @@ export function badge(status) {
   return h("span", { class: `badge badge-${status}` }, status);
 }
 
+/** True while the job's AutoAttack stage runs: its length is unknown (the API gives no eta). */
+export const attacking = (job) => job.status === "running" && job.stage === "evaluate";
+
+/** Training progress; while AutoAttack runs, an indeterminate bar (training is done, the
+ * attack's length is not known). */
 export function progressBar(job, label) {
+  const aria = label || `progress of ${job.name}`;
+  if (attacking(job)) return h("progress", { max: 100, "aria-label": aria, "data-attacking": "true" }, "AutoAttack running");
   const value = Math.round(100 * (job.progress || 0));
-  return h("progress", { max: 100, value, "aria-label": label || `progress of ${job.name}` }, `${value}%`);
+  return h("progress", { max: 100, value, "aria-label": aria }, `${value}%`);
+}
+
+/** Where a job is in its stages, job.epoch counted against its stage's epochs. While it runs:
+ * "train, epoch 3 of 6 running" (a step of it is recorded) or "train, epoch 3 of 6 done" (between
+ * epochs); otherwise "train, during epoch 3 of 6" or "train, after epoch 3 of 6". */
+export function position(job) {
+  if (job.stage === "evaluate") return attacking(job) ? "AutoAttack running" : "AutoAttack evaluation";
+  if (!job.stage) return "";
+  const c = job.config || {};
+  const of = { burn_in: c.burn_in_epochs, train: c.epochs }[job.stage];
+  const epoch = `epoch ${job.epoch ?? 0}${Number.isFinite(of) ? ` of ${of}` : ""}`;
+  const inside = job.step !== null && job.step !== undefined;
+  if (job.status === "running") return `${job.stage}, ${epoch} ${inside ? "running" : "done"}`;
+  return `${job.stage}, ${inside ? "during" : "after"} ${epoch}`;
+}
+
+/** Time left: "AutoAttack running" while that stage runs (no estimate), else the estimate or "–". */
+export function remaining(job) {
+  return attacking(job) ? "AutoAttack running" : duration(job.eta_seconds);
 }
 
 // The status line's notice belongs to one page: the one it was said on, or the one

@@ -1,9 +1,10 @@
 // Previous / next buttons over a list endpoint's page ({items, total, limit, offset}).
 import { h } from "./dom.js";
 
-/** -> {node, offset, limit, reset(), show(page)}; a click moves the offset and calls go(). */
-export function pager(prefix, label, go, limit = 50) {
-  const state = { offset: 0, limit };
+/** -> {node, offset, limit, reset(), show(page)}; a click moves the offset and calls go().
+ * Starts at `offset` (a page's address may name one). */
+export function pager(prefix, label, go, limit = 50, offset = 0) {
+  const state = { offset, limit };
   const prev = h("button", { type: "button", id: `${prefix}-prev`, class: "secondary" }, "Previous");
   const next = h("button", { type: "button", id: `${prefix}-next`, class: "secondary" }, "Next");
   const where = h("span", { id: `${prefix}-where`, class: "muted", "aria-live": "polite" });
