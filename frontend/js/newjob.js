@@ -46,7 +46,7 @@ function fieldRow(param, field, value) {
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i;
 
 /** `text` as a finite number, or the reason it is not one. */
-function parseNumber(text, name) {
+export function parseNumber(text, name) {
   if (!NUMBER.test(text)) {
     const hint = text.includes(",") ? " (a decimal point, not a comma)" : "";
     return { error: `${name}: "${text}" is not a number; write it like 0.3 or 5e-4${hint}` };
@@ -55,11 +55,13 @@ function parseNumber(text, name) {
   return Number.isFinite(value) ? { value } : { error: `${name}: ${text} is too large` };
 }
 
-/** A field's value as {value}, {} when blank (the server's default), or {error} when unreadable. */
+/** A field's value as {value}, {} when blank (the server's default), or {error} when unreadable.
+ * A blank list is the empty list, not the default: for eval_eps that is "no evaluation", as its
+ * help says. */
 function readValue(node, param) {
   if (param.type === "bool") return { value: node.checked };
   const raw = node.value.trim();
-  if (raw === "") return {};
+  if (raw === "") return param.type === "float_list" ? { value: [] } : {};
   if (param.type === "int" || param.type === "float") return parseNumber(raw, param.name);
   if (param.type === "float_list") {
     const items = raw.split(/[\s,]+/).filter(Boolean).map((x) => parseNumber(x, param.name));
@@ -109,7 +111,7 @@ function restoreValues(boxes, values) {
   }
 }
 
-function showErrors(form, detail) {
+export function showErrors(form, detail) {
   const list = Array.isArray(detail) ? detail : [{ field: "", message: String(detail) }];
   const general = [];
   for (const d of list) {

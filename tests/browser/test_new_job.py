@@ -63,3 +63,31 @@ def test_edited_values_survive_a_change_of_method(live_server, signed_in, screen
     assert config["method"] == "trades" and config["epochs"] == 4 and config["lr"] == 0.05
     assert config["hparams"]["beta"] == 3 and config["hparams"]["steps"] == 7
     assert problems.unexpected() == []
+
+
+def test_blank_eval_eps_means_no_evaluation(live_server, signed_in):
+    """eval_eps's help says empty = no evaluation: a cleared field sends [] (not the
+    dataset's default radii), and the job is made without an AutoAttack stage."""
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/new")
+    page.locator("#job-form").wait_for()
+    assert "empty = no evaluation" in page.locator("#help-eval_eps").inner_text()
+    page.select_option("#field-dataset", "digits")
+    page.select_option("#field-architecture", "mlp")
+    page.fill("#field-eval_eps", "")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-zA-Z-]+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    job = httpx.get(f"{live_server.url}/api/v1/jobs/{job_id}", headers=live_server.headers).json()
+    assert job["config"]["eval_eps"] == []
+    assert problems.unexpected() == []
+
+
+def test_new_job_page_fits_a_phone(live_server, signed_in):
+    """At 375 px the form does not scroll sideways."""
+    page, problems = signed_in(375, 812)
+    page.goto(f"{live_server.url}/#/new")
+    page.locator("#job-form fieldset#train-params .field").first.wait_for()
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, width
+    assert problems.unexpected() == []
