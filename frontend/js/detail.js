@@ -1,6 +1,7 @@
 // #/jobs/<id>: live progress over SSE, charts, AutoAttack results, log, controls, downloads.
 import { api, download, follow } from "./api.js";
-import { badge, batched, duration, h, pct, progressBar, say } from "./dom.js";
+import { badge, batched, duration, h, pct, position, progressBar, remaining, say } from "./dom.js";
+import { evalForm } from "./evalform.js";
 import { logPane } from "./logpane.js";
 import { evalSection, isPending, metricCharts, robustVsEps, shortId } from "./results.js";
 
@@ -9,14 +10,6 @@ const FINAL = new Set(["succeeded", "failed", "canceled"]);
 // while one is queued or running, now and then otherwise (one may be requested from elsewhere).
 const EVAL_POLL_PENDING_MS = 3000;
 const EVAL_POLL_IDLE_MS = 10000;
-
-/** "train, epoch 3 of 6": job.epoch counts within its stage, so it is shown against that stage's epochs. */
-function position(job) {
-  if (job.stage === "evaluate") return "evaluate (AutoAttack)";
-  const c = job.config || {};
-  const of = { burn_in: c.burn_in_epochs, train: c.epochs }[job.stage];
-  return `${job.stage}, epoch ${job.epoch ?? 0}${Number.isFinite(of) ? ` of ${of}` : ""}`;
-}
 
 function summary(job) {
   const m = job.latest_metrics || {};
@@ -27,11 +20,11 @@ function summary(job) {
   return h("div", { class: "summary" },
     h("p", {}, badge(job.status), " ", h("span", { id: "stage" }, stage)),
     progressBar(job, "job progress"),
-    h("dl", { class: "facts" },
-      ...[["Elapsed", duration(job.elapsed_seconds)], ["Remaining", duration(job.eta_seconds)],
+    h("dl", { class: "facts" }, // one element per label and value: the grid never splits a pair
+      ...[["Elapsed", duration(job.elapsed_seconds)], ["Remaining", remaining(job)],
         ["Val clean", pct(m.val_clean_acc)], ["Val PGD", pct(m.val_pgd_acc)],
         ["Best PGD", job.best ? `${pct(job.best.val_pgd_acc)} (epoch ${job.best.epoch})` : "–"],
-        ["Attempts", job.attempts ?? 0]].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+        ["Attempts", job.attempts ?? 0]].map(([k, v]) => h("div", { class: "fact" }, h("dt", {}, k), h("dd", {}, v)))),
     job.error ? h("p", { class: "error" }, job.error) : null);
 }
 
@@ -71,10 +64,13 @@ export async function detailPage(main, { parts }) {
   };
   const title = h("h1", {}, job.name || job.id);
   main.append(title, parts$.summary, parts$.controls, config(job), h("h2", {}, "Training curves"), parts$.charts,
-    h("h2", {}, "AutoAttack"), parts$.evals, h("h2", {}, "Checkpoints"), parts$.checkpoints,
+    h("h2", {}, "AutoAttack"), evalForm(job, () => drawEvals().catch(() => {})), parts$.evals, h("h2", {}, "Checkpoints"), parts$.checkpoints,
     h("h2", {}, "Log"), log.node);
 
-  const act = (verb) => async () => {
+  // The buttons are made once and only marked unavailable (aria-disabled, still focusable), so
+  // neither a job event nor a press takes the keyboard focus away from them.
+  const act = (verb) => async ({ currentTarget }) => {
+    if (currentTarget.getAttribute("aria-disabled") === "true") return;
     try {
       job = await api(`/jobs/${id}/${verb}`, { method: "POST" });
       say(`Job ${verb} requested.`);
@@ -82,12 +78,14 @@ export async function detailPage(main, { parts }) {
       if (verb === "resume") listen(); // the last stream ended with the job's last run
     } catch (error) { say(error.message); }
   };
+  const cancelButton = h("button", { type: "button", id: "cancel", onclick: act("cancel") }, "Cancel");
+  const resumeButton = h("button", { type: "button", id: "resume", class: "secondary", onclick: act("resume") }, "Resume");
+  parts$.controls.append(cancelButton, resumeButton, h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
   function drawJob() {
     parts$.summary.replaceChildren(summary(job));
-    parts$.controls.replaceChildren(
-      h("button", { type: "button", id: "cancel", disabled: FINAL.has(job.status) || job.cancel_requested, onclick: act("cancel") }, "Cancel"),
-      h("button", { type: "button", id: "resume", class: "secondary", disabled: !["failed", "canceled"].includes(job.status), onclick: act("resume") }, "Resume"),
-      h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
+    cancelButton.setAttribute("aria-disabled", String(FINAL.has(job.status) || !!job.cancel_requested));
+    cancelButton.textContent = job.cancel_requested && !FINAL.has(job.status) ? "Cancel requested" : "Cancel";
+    resumeButton.setAttribute("aria-disabled", String(!["failed", "canceled"].includes(job.status)));
   }
   const chartsNow = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
   const drawCharts = batched(chartsNow);
@@ -120,8 +118,11 @@ export async function detailPage(main, { parts }) {
     if (shown !== evsShown) {
       evsShown = shown;
       const chart = evs.some((ev) => ev.results?.length) ? robustVsEps([{ label: job.name, evaluations: evs }]) : null;
+      const focused = document.activeElement?.closest?.("#evaluations [data-evaluation-id]");
       parts$.evals.replaceChildren(...(evs.length ? [chart, ...evs.map((ev) => evalSection(ev, { actions: evalActions(ev) }))]
         .filter(Boolean) : [h("p", { class: "muted" }, "No evaluation yet.")]));
+      // focus on an evaluation's button goes back to the same evaluation's button after the redraw
+      if (focused) parts$.evals.querySelector(`[data-evaluation-id="${focused.dataset.evaluationId}"] button`)?.focus();
     }
     pollEvals();
   }

@@ -392,3 +392,42 @@ def test_a_refused_cancel_says_why(live_server, signed_in, submit_job, session_f
     )
     page.locator(f"{section_css(asked)}[data-status='canceled']").wait_for()
     assert problems.unexpected() == []
+
+
+def test_request_an_evaluation_from_the_job_page(
+    live_server, signed_in, submit_job, session_factory, screenshots
+):
+    """The job page's form asks for AutoAttack of a checkpoint: the server's 422
+    messages are shown under their fields; a good request appears as pending."""
+    job = submit_job(name="ask-eval")
+    cancel(live_server, job["id"])
+    add_checkpoint(session_factory, job["id"], "final", 3)
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#status").filter(has_text="Job canceled.").wait_for()
+    page.click("#eval-request summary")
+    page.select_option("#ev-checkpoint", "final")
+    page.select_option("#ev-preset", "fast")
+    page.fill("#ev-eps", "0.1, 2")
+    page.fill("#ev-n", "0")
+    problems.allow(422, f"/api/v1/jobs/{job['id']}/evaluations")
+    page.click("#eval-form button[type=submit]")
+    page.locator("#ev-err-eps").filter(has_text="less than or equal to 1").wait_for()
+    assert "greater than or equal to 1" in page.locator("#ev-err-n").inner_text()
+    assert page.locator("#ev-eps").get_attribute("aria-invalid") == "true"
+    assert page.locator("#evaluations .evaluation").count() == 0
+    shoot(page, screenshots, "evaluation-request-errors")
+
+    page.fill("#ev-eps", "0.1, 0.2")
+    page.fill("#ev-n", "50")
+    page.click("#eval-form button[type=submit]")
+    section = page.locator("#evaluations .evaluation[data-status='queued']")
+    section.wait_for()
+    assert section.locator(".eval-note").inner_text().startswith("pending — ")
+    assert "final checkpoint, epoch 3" in section.locator(".eval-head").inner_text()
+    assert page.locator("#ev-err-eps").inner_text() == ""
+    listed = httpx.get(
+        f"{live_server.url}/api/v1/jobs/{job['id']}/evaluations", headers=live_server.headers
+    ).json()["items"]
+    assert [(e["eps"], e["n"], e["preset"]) for e in listed] == [([0.1, 0.2], 50, "fast")]
+    assert problems.unexpected() == []

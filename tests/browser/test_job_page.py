@@ -6,6 +6,7 @@ No worker runs: each job stays where the test puts it, through the API or its ro
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -129,23 +130,93 @@ def test_failed_evaluation_shows_its_error(
     assert problems.unexpected() == []
 
 
-def set_stage(session_factory, job_id: str, stage: str, epoch: int) -> None:
+def set_stage(
+    session_factory, job_id: str, stage: str, epoch: int, step: int | None = None
+) -> None:
+    """Puts the job, running, at ``stage``/``epoch``; ``step`` None: between epochs."""
     with session_factory() as session:
         row = session.get(Job, job_id)
-        row.status, row.stage, row.epoch = "running", stage, epoch
+        row.status, row.stage, row.epoch, row.step = "running", stage, epoch, step
+        row.started_at = row.started_at or datetime.now(UTC) - timedelta(minutes=2)
         session.commit()
 
 
 def test_epoch_is_counted_against_its_stage(live_server, signed_in, submit_job, session_factory):
-    """One burn-in epoch and six training epochs: the last one is "epoch 6 of 6"."""
+    """One burn-in epoch and six training epochs: the last one is "epoch 6 of 6"; an
+    epoch that runs and one that is done read differently."""
     job = submit_job(burn_in_epochs=1, epochs=6)
     set_stage(session_factory, job["id"], "train", 6)
     page, problems = signed_in()
     page.goto(f"{live_server.url}/#/jobs/{job['id']}")
     stage = page.locator("#summary #stage")
     stage.filter(has_text="train").wait_for()
-    assert stage.inner_text() == "train, epoch 6 of 6"
-    set_stage(session_factory, job["id"], "burn_in", 1)  # seen live, over the stream
+    assert stage.inner_text() == "train, epoch 6 of 6 done"
+    set_stage(session_factory, job["id"], "burn_in", 1, step=3)  # seen live, over the stream
     stage.filter(has_text="burn_in").wait_for()
-    assert stage.inner_text() == "burn_in, epoch 1 of 1"
+    assert stage.inner_text() == "burn_in, epoch 1 of 1 running"
+    set_stage(session_factory, job["id"], "burn_in", 1)
+    stage.filter(has_text="done").wait_for()
+    assert stage.inner_text() == "burn_in, epoch 1 of 1 done"
+    assert problems.unexpected() == []
+
+
+def test_autoattack_stage_says_it_runs_instead_of_no_time_left(
+    live_server, signed_in, submit_job, session_factory
+):
+    """While AutoAttack runs the API knows no time left (eta null): the page and the
+    list say AutoAttack is running, with no full bar, "0s" or "evaluate 0"."""
+    job = submit_job()
+    set_stage(session_factory, job["id"], "evaluate", 0, step=0)
+    shown = httpx.get(f"{live_server.url}/api/v1/jobs/{job['id']}", headers=live_server.headers)
+    assert shown.json()["eta_seconds"] is None
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#summary #stage").filter(has_text="AutoAttack running").wait_for()
+    remaining = page.locator("#summary .fact", has=page.locator("dt", has_text="Remaining"))
+    assert remaining.locator("dd").inner_text() == "AutoAttack running"
+    assert page.locator("#summary progress").get_attribute("value") is None  # indeterminate
+    page.goto(f"{live_server.url}/#/jobs")
+    row = page.locator(f"tr[data-job-id='{job['id']}']")
+    row.wait_for()
+    text = row.inner_text()
+    assert "AutoAttack running" in text and "evaluate 0" not in text and "0s" not in text
+    assert problems.unexpected() == []
+
+
+def test_keyboard_focus_stays_on_cancel(live_server, signed_in, submit_job, session_factory):
+    """Focus on Cancel of a running job stays there through the job's events, and
+    after Enter on it (the cancel is then requested, the button marked unavailable)."""
+    job = submit_job(epochs=6)
+    set_stage(session_factory, job["id"], "train", 1, step=1)
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    stage = page.locator("#summary #stage")
+    stage.filter(has_text="epoch 1 of 6").wait_for()
+    page.locator("#cancel").focus()
+    set_stage(session_factory, job["id"], "train", 2, step=1)  # a job event redraws the page
+    stage.filter(has_text="epoch 2 of 6").wait_for()
+    assert page.evaluate("document.activeElement.id") == "cancel"
+    page.keyboard.press("Enter")
+    page.locator("#status").filter(has_text="Job cancel requested.").wait_for()
+    page.locator("#cancel[aria-disabled=true]").wait_for()
+    assert page.evaluate("document.activeElement.id") == "cancel"
+    assert problems.unexpected() == []
+
+
+def test_summary_keeps_each_label_with_its_value(live_server, signed_in, submit_job):
+    """At 1280 px each value sits right under its own label (same column), never in
+    the next cell of the grid."""
+    job = submit_job()
+    page, problems = signed_in(1280, 900)
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    page.locator("#summary dl.facts dd").first.wait_for()
+    pairs = page.evaluate(
+        "() => [...document.querySelectorAll('#summary dl.facts dt')].map(dt => {"
+        " const dd = dt.nextElementSibling, a = dt.getBoundingClientRect(),"
+        " b = dd.getBoundingClientRect();"
+        " return [dt.textContent, Math.round(a.left) === Math.round(b.left),"
+        " b.top >= a.bottom - 1];"
+        " })"
+    )
+    assert len(pairs) == 6 and all(same and below for _, same, below in pairs), pairs
     assert problems.unexpected() == []
