@@ -14,7 +14,7 @@ run:
 
 demo:
 	@DYART_SKIP_BROWSER=1 scripts/install
-	.venv/bin/dyart train --recipe mnist10k_dyart --out runs/mnist10k_dyart
+	.venv/bin/dyart train --recipe mnist10k_dyart --out runs/demo
 
 check:
 	@DYART_SKIP_BROWSER=1 scripts/install
