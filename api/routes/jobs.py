@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,11 +29,13 @@ from api.schemas import (
     validate_job_create,
 )
 from db import jobs as job_states
-from db.models import JOB_STATUSES, Job, JobLog, JobMetric, User
+from db.models import JOB_STATUSES, Evaluation, Job, JobLog, JobMetric, User
 from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 FINAL = ("succeeded", "failed", "canceled")
+PENDING = ("queued", "running")  # an evaluation's states before it ends
+log = logging.getLogger("api.jobs")
 METRIC_FIELDS = tuple(MetricPublic.model_fields)
 MAX_OFFSET = 2**63 - 1  # the largest OFFSET both databases accept
 # The list filters that name a lifecycle state or a catalog key. A value outside these
@@ -331,6 +336,49 @@ def resume_job(
     session.commit()
     send_task(request.app.state.celery, RUN_JOB, job.id)
     return job_public(session, job)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, response_class=Response)
+def delete_job(job: OwnedJob, session: SessionDep, request: Request) -> Response:
+    """Delete a finished job: its rows (metrics, log, checkpoints, evaluations) and its
+    files in the artifact store. A queued or running job, or one with an evaluation
+    queued or running, is a 409: cancel it first. A job that reused this one's burn-in
+    keeps its own copy."""
+    # the row's lock until the commit (a no-op UPDATE: SQLite honours it too), so a
+    # resume or an evaluation request cannot slip in between the check and the delete
+    session.execute(update(Job).where(Job.id == job.id).values(name=Job.name))
+    session.refresh(job)
+    if job.status not in FINAL:
+        raise StateConflictError(
+            f"job {job.id} is {job.status}; cancel it first, then delete it once it ends"
+        )
+    pending = session.scalar(
+        select(func.count()).where(Evaluation.job_id == job.id, Evaluation.status.in_(PENDING))
+    )
+    if pending:
+        raise StateConflictError(
+            f"job {job.id} has {pending} evaluation(s) queued or running; cancel them first"
+        )
+    job_id = job.id
+    session.execute(delete(Job).where(Job.id == job_id))  # the database cascades the rest
+    session.commit()
+    _remove_files(Path(request.app.state.settings.artifacts_dir), job_id)
+    return Response(status_code=204)
+
+
+def _remove_files(artifacts: Path, job_id: str) -> None:
+    """Remove ``<artifacts>/jobs/<job_id>``: renamed aside first, so a folder left by a
+    failed removal is plainly a deleted job's (and logged), never a live one."""
+    root = artifacts.resolve() / "jobs"
+    folder = root / job_id
+    if not folder.is_dir():
+        return
+    doomed = root / f".deleted-{job_id}"
+    try:
+        folder.rename(doomed)
+        shutil.rmtree(doomed)
+    except OSError as exc:
+        log.warning("job %s deleted, but its files were not all removed: %s", job_id, exc)
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=MetricsPage)

@@ -48,7 +48,7 @@ def test_a_422_body_has_the_documented_shape(client):
     [
         ("GET", "/api/v1/jobs/{id}/cancel", "POST"),
         ("GET", "/api/v1/jobs/{id}/resume", "POST"),
-        ("DELETE", "/api/v1/jobs/{id}", "GET"),
+        ("PUT", "/api/v1/jobs/{id}", "DELETE, GET"),
         ("PUT", "/api/v1/jobs", "GET, POST"),
         ("PATCH", "/api/v1/checkpoints/{id}/download", "GET, HEAD"),
     ],

@@ -1,10 +1,12 @@
 """Jobs over HTTP: create, list (filters, paging), get, cancel, resume, ownership."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
-from db.models import Job, JobMetric
+from db.models import Checkpoint, Evaluation, Job, JobLog, JobMetric
 
 
 def test_create_job_is_queued_with_resolved_config(client, alice):
@@ -193,3 +195,55 @@ def test_a_running_job_has_a_time_left_while_it_trains_and_none_during_autoattac
     evaluating = make_job(client, status="running", stage="evaluate", started_at=started)
     assert evaluating["progress"] == 1.0 and evaluating["elapsed_seconds"] >= 60
     assert evaluating["eta_seconds"] is None
+
+
+def test_a_finished_job_is_deleted_with_its_rows_and_files(client, make_job, app, settings, bob):
+    job = make_job(client, status="succeeded")
+    reuser = make_job(client, status="succeeded")
+    folder = Path(settings.artifacts_dir) / "jobs" / job["id"]
+    folder.mkdir(parents=True)
+    (folder / "model-final.safetensors").write_bytes(b"weights")
+    with app.state.session_factory() as session:
+        session.add(JobMetric(job_id=job["id"], stage="train", epoch=1, train_loss=1.0))
+        session.add(JobLog(job_id=job["id"], level="INFO", message="done"))
+        weights = f"jobs/{job['id']}/model-final.safetensors"
+        row = Checkpoint(job_id=job["id"], kind="final", stage="train", epoch=1,
+                         path=weights, size=7, sha256="f" * 64)  # fmt: skip
+        session.add(row)
+        session.flush()
+        session.add(Evaluation(job_id=job["id"], checkpoint_id=row.id, status="succeeded",
+                               preset="fast", n=10, eps=[0.1], results=[]))  # fmt: skip
+        session.get(Job, reuser["id"]).burn_in_source_job_id = job["id"]
+        session.commit()
+    assert client(bob).delete(f"/api/v1/jobs/{job['id']}").status_code == 404  # not bob's
+    deleted = client().delete(f"/api/v1/jobs/{job['id']}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert client().get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    assert not folder.exists() and list(folder.parent.iterdir()) == []  # nothing set aside
+    with app.state.session_factory() as session:
+        for table in (JobMetric, JobLog, Checkpoint, Evaluation):
+            assert session.scalar(select(func.count()).select_from(table)) == 0, table
+        assert session.get(Job, reuser["id"]).burn_in_source_job_id is None
+    assert client().get(f"/api/v1/jobs/{reuser['id']}").status_code == 200
+    assert client().delete(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_a_job_still_at_work_is_not_deleted(client, make_job, app):
+    for state in ("queued", "running"):
+        job = make_job(client, status=state)
+        refused = client().delete(f"/api/v1/jobs/{job['id']}")
+        assert refused.status_code == 409
+        assert refused.json()["detail"] == (
+            f"job {job['id']} is {state}; cancel it first, then delete it once it ends"
+        )
+    done = make_job(client, status="succeeded")
+    with app.state.session_factory() as session:
+        session.add(Evaluation(job_id=done["id"], status="queued", preset="fast", n=10,
+                               eps=[0.1], results=[]))  # fmt: skip
+        session.commit()
+    refused = client().delete(f"/api/v1/jobs/{done['id']}")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"job {done['id']} has 1 evaluation(s) queued or running; cancel them first"
+    )
+    assert client().get(f"/api/v1/jobs/{done['id']}").status_code == 200
