@@ -153,6 +153,8 @@ class Trainer:
             raise ConfigError("stages", f"{unknown} not in {', '.join(STAGES)}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         saved = self._load_latest()
+        if saved is None:
+            self._refuse_earlier_outputs()
         self.done = list(saved["done"]) if saved else []
         resume = saved["run"] if saved else None
         threads = torch.get_num_threads()
@@ -182,6 +184,26 @@ class Trainer:
         finally:
             torch.set_num_threads(threads)
         return self._summary()
+
+    def _refuse_earlier_outputs(self) -> None:
+        """A fresh start in a folder holding another run's files would mix the two runs:
+        rows appended to its metrics.jsonl, its results.json reported as this model's.
+
+        A lone ``burn_in.pt`` is allowed with ``init_from``: it is the copy of an
+        adoption cut short, and the adoption writes it again.
+        """
+        names = ["metrics.jsonl", "results.json", "burn_in.pt"]
+        found = [n for n in names if (self.out_dir / n).is_file()]
+        found += sorted(p.name for p in self.out_dir.glob("model-*") if p.is_file())
+        if self.init_from is not None and found == ["burn_in.pt"]:
+            return
+        if found:
+            raise ConfigError(
+                "out",
+                f"{self.out_dir} holds an earlier run's outputs ({', '.join(found[:4])}"
+                f"{', ...' if len(found) > 4 else ''}) but no training state to resume "
+                "from; give a new out folder, or remove those files",
+            )
 
     def _forget_evaluation(self) -> None:
         """A stage that trains supersedes an earlier evaluation: it runs again later."""
@@ -215,7 +237,7 @@ class Trainer:
         if stage == "burn_in" and self.config.burn_in_epochs == 0:
             return
         if stage == "train" and self.init_from is not None and state is None:
-            if not (self.out_dir / "burn_in.pt").is_file():  # the stages left the burn-in out
+            if "burn_in" not in self.done:  # the stages left the burn-in out
                 self._adopt_burn_in(self.init_from)
         run = self._build_stage(stage)
         if state is not None:

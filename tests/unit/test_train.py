@@ -297,3 +297,28 @@ def test_the_trainer_tells_the_method_its_progress_for_the_eps_warm_up(tmp_path,
     eps = [e for _, e in seen]
     assert eps == sorted(eps) and eps[0] < 0.5 * eps[-1]
     assert eps[steps // 2 :] == pytest.approx([eps[-1]] * (steps - steps // 2))
+
+
+def test_a_fresh_start_refuses_a_folder_with_an_earlier_runs_outputs(finished, tmp_path):
+    out, _, _ = finished
+    for name in ("metrics.jsonl", "results.json", "model-best.safetensors", "burn_in.pt"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_bytes((out / name).read_bytes())
+        with pytest.raises(ConfigError, match=rf"out: {folder} holds an earlier run's outputs "
+                                              rf"\({name}\).*give a new out folder"):  # fmt: skip
+            Trainer(_config(lr=0.05), folder, device="cpu").run()
+        assert sorted(p.name for p in folder.iterdir()) == [name]  # nothing trained or added
+
+
+def test_a_lone_burn_in_copy_is_replaced_when_init_from_is_given(finished, tmp_path):
+    """A worker killed while copying the reused burn-in leaves burn_in.pt and no state."""
+    out, _, _ = finished
+    (tmp_path / "burn_in.pt").write_bytes(b"left by an adoption cut short")
+    Trainer(_config(), tmp_path, device="cpu", init_from=out / "burn_in.pt").run(("train",))
+    assert (tmp_path / "burn_in.pt").read_bytes() == (out / "burn_in.pt").read_bytes()
+    ours, theirs = (
+        load_file(tmp_path / "model-final.safetensors"),
+        load_file(out / "model-final.safetensors"),
+    )
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
