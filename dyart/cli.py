@@ -143,11 +143,13 @@ def load_config(args: argparse.Namespace) -> Any:
 def _parse_hparam(item: str) -> tuple[str, Any]:
     import yaml
 
+    from dyart.config import load_yaml
+
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError("hparam", f"expected KEY=VALUE, got {item!r}")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError:
         value = text
     return key.strip(), value

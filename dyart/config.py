@@ -8,13 +8,41 @@ command line and the service unchanged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dyart import catalog
 from dyart.errors import ConfigError, ConfigErrors
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that reads ``5e-4``, ``1e-2`` and ``1e3`` as numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``5.0e-4``) and ``1e-2`` is a
+    string; YAML 1.2, JSON and Python read them as numbers, and so do we.
+    """
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader: builds no objects
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    import yaml  # only the CLI's config files and --hparam values need it
+
+    class Yaml12Loader(yaml.SafeLoader):
+        """SafeLoader plus YAML 1.2's floats without a dot (the class copies the resolvers)."""
+
+    Yaml12Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Yaml12Loader
 
 
 @dataclass
@@ -69,9 +97,7 @@ class TrainConfig:
             raise ConfigError("config", f"config file {path} does not exist")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
-            import yaml  # only the CLI's config files need it
-
-            spec = yaml.safe_load(text)
+            spec = load_yaml(text)
         else:
             spec = json.loads(text)
         if not isinstance(spec, dict):

@@ -122,3 +122,17 @@ def test_console_script_error_has_no_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: lr: -1.0 is below the minimum 1e-06"
+
+
+def test_numbers_without_a_dot_are_numbers_in_config_files_and_hparams(tmp_path):
+    from dyart.cli import build_parser, load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "dataset: synthetic\narchitecture: mlp\nmethod: dyart\n"
+        "lr: 1e-2\nweight_decay: 5e-4\nhparams:\n  lam_robust: 1e3\n"
+    )
+    args = build_parser().parse_args(["train", "--config", str(path), "--hparam", "eta=11e-1"])
+    config = load_config(args)
+    assert (config.lr, config.weight_decay) == (0.01, 0.0005)
+    assert config.hparams["lam_robust"] == 1000.0 and config.hparams["eta"] == 1.1
