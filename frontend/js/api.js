@@ -18,12 +18,32 @@ function headers(extra = {}) {
   return h;
 }
 
+let unauthorized = () => {};
+
+/** Calls handler(error) whenever the server answers 401 (no token, or one it does not accept). */
+export function onUnauthorized(handler) {
+  unauthorized = handler;
+}
+
 export class ApiError extends Error {
   constructor(status, detail) {
     const text = Array.isArray(detail) ? detail.map((d) => d.message).join("; ") : detail;
     super(`${status}: ${text}`);
     this.status = status;
     this.detail = detail;
+  }
+}
+
+/** No answer at all: the server is down or the network is gone (fetch itself failed). */
+export class ConnectionError extends Error {}
+
+/** fetch, with a failure to connect thrown as a ConnectionError (an abort stays an abort). */
+async function send(url, init) {
+  try {
+    return await fetch(url, init);
+  } catch (error) {
+    if (init.signal?.aborted) throw error;
+    throw new ConnectionError(`no answer from the server: ${error.message}`);
   }
 }
 
@@ -37,16 +57,24 @@ export async function api(path, { method = "GET", body, extraHeaders = {} } = {}
   const base = body ? { "Content-Type": "application/json" } : {};
   const init = { method, headers: headers({ ...base, ...extraHeaders }) };
   if (body !== undefined) init.body = JSON.stringify(body);
-  const response = await fetch(BASE + path, init);
+  const response = await send(BASE + path, init);
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new ApiError(response.status, data.detail ?? response.statusText);
+  if (!response.ok) throw refused(response, data);
   return data;
+}
+
+/** The ApiError of a refused response, in the server's words (its JSON `detail`) where it gave
+ * them; a 401 is also passed to the onUnauthorized handler. */
+function refused(response, data) {
+  const error = new ApiError(response.status, data.detail ?? response.statusText);
+  if (response.status === 401) unauthorized(error);
+  return error;
 }
 
 /** Downloads a URL with the token and saves it as a file; returns {name, size}. */
 export async function download(url) {
-  const response = await fetch(url, { headers: headers({ Accept: "*/*" }) });
-  if (!response.ok) throw new ApiError(response.status, response.statusText);
+  const response = await send(url, { headers: headers({ Accept: "*/*" }) });
+  if (!response.ok) throw refused(response, await response.json().catch(() => ({})));
   const blob = await response.blob();
   const disposition = response.headers.get("Content-Disposition") || "";
   const match = /filename="?([^";]+)"?/.exec(disposition);
@@ -78,8 +106,8 @@ function parseBlock(block) {
 /**
  * Follows an SSE stream with fetch (so the token stays in a header); calls onEvent(type, data, id).
  * Returns a stop() function. Starts after event id `since` when given, and reconnects with
- * Last-Event-ID until an `end` event or stop(); a reconnect refused with 503 (database
- * unavailable) is passed on as an `unavailable` event.
+ * Last-Event-ID until an `end` event or stop(); a connection that is lost or refused with a
+ * 5xx (503: database unavailable) is passed on as an `unavailable` event whose detail says so.
  */
 export function follow(path, onEvent, { since = null } = {}) {
   const controller = new AbortController();
@@ -90,10 +118,9 @@ export function follow(path, onEvent, { since = null } = {}) {
       try {
         const extra = { Accept: "text/event-stream" };
         if (lastId) extra["Last-Event-ID"] = lastId;
-        const res = await fetch(BASE + path, { headers: headers(extra), signal: controller.signal });
+        const res = await send(BASE + path, { headers: headers(extra), signal: controller.signal });
         if (!res.ok || !res.body) {
-          const data = await res.json().catch(() => ({}));
-          throw new ApiError(res.status, data.detail ?? res.statusText);
+          throw refused(res, await res.json().catch(() => ({})));
         }
         const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
@@ -116,8 +143,10 @@ export function follow(path, onEvent, { since = null } = {}) {
       } catch (error) {
         if (controller.signal.aborted) return;
         if (error instanceof ApiError && error.status < 500) return;
-        // the database is away: say so as the stream itself would, and keep trying
-        if (error instanceof ApiError && error.status === 503) onEvent("unavailable", { detail: error.detail });
+        // the database or the server is away: say so as the stream itself would, and keep trying
+        const detail = !(error instanceof ApiError) ? "Connection to the server lost; retrying…"
+          : error.status === 503 ? error.detail : error.message;
+        onEvent("unavailable", { detail });
       }
       if (!ended) await new Promise((r) => setTimeout(r, 2000));
     }

@@ -1,5 +1,5 @@
 // Entry point: token box, hash router, page lifecycle.
-import { api, getToken, setToken } from "./api.js";
+import { ConnectionError, api, getToken, onUnauthorized, setToken } from "./api.js";
 import { clearStaleNotice, h, say } from "./dom.js";
 import { jobsPage } from "./jobs.js";
 import { newJobPage } from "./newjob.js";
@@ -43,9 +43,20 @@ function pageFor({ parts }) {
   return jobsPage;
 }
 
-async function route() {
+let visit = 0; // counts page changes and sign-outs: a page that finishes loading late is dropped
+let retry = null;
+
+/** Stops the page on screen (its timers and streams) and any retry of it. */
+function leavePage() {
+  visit += 1;
+  clearTimeout(retry);
   if (cleanup) cleanup();
   cleanup = null;
+}
+
+async function route() {
+  leavePage();
+  const mine = visit;
   clearStaleNotice();
   checkWorkers();
   const main = document.getElementById("app");
@@ -57,11 +68,38 @@ async function route() {
     else a.removeAttribute("aria-current");
   }
   try {
-    cleanup = (await pageFor(hash)(main, hash)) || null;
+    const done = (await pageFor(hash)(main, hash)) || null;
+    if (mine === visit) cleanup = done;
+    else if (done) done();
   } catch (error) {
-    main.append(Object.assign(document.createElement("p"), { className: "error", textContent: error.message }));
-    if (error.status === 401) showSettings(true);
+    if (mine !== visit || error.status === 401) return; // left, or signed out (onUnauthorized)
+    if (!(error instanceof ConnectionError) && error.status !== 503) {
+      main.replaceChildren(h("p", { id: "page-error", class: "error" }, error.message));
+      return;
+    }
+    // the server or its database is away: the page is tried again until it answers
+    retry = setTimeout(() => { if (mine === visit) route(); }, RETRY_SECONDS * 1000);
+    main.replaceChildren(...awayMessage(error, route));
   }
+}
+
+/** "The server cannot be reached…", then that it is tried again, with a button to try now. */
+function awayMessage(error, again) {
+  return [h("p", { id: "startup-error", class: "error" }, unreachable(error)),
+    h("p", {}, `Trying again every ${RETRY_SECONDS} seconds. `,
+      h("button", { type: "button", id: "retry", class: "secondary", onclick: again }, "Try again now"))];
+}
+
+/** The sign-in state, after any 401: no page, no name, the token box open, the server's reason. */
+function signedOut(error) {
+  leavePage();
+  document.getElementById("whoami").textContent = "";
+  const why = !getToken() ? "This server needs an API token."
+    : `The token was not accepted (${error.message}).`;
+  say(why);
+  document.getElementById("app").replaceChildren(h("p", { id: "signed-out", class: "error" }, why),
+    h("p", {}, "Enter an API token to see your jobs."));
+  showSettings(true);
 }
 
 function showSettings(open) {
@@ -69,7 +107,8 @@ function showSettings(open) {
   if (open) document.getElementById("token-input").focus();
 }
 
-/** Asks the server who the token belongs to: "ok", "token" (401: none or not accepted), or the error. */
+/** Asks the server who the token belongs to: "ok", "token" (401: none or not accepted; the
+ * page is then signed out), or the error. */
 async function checkMe() {
   try {
     const me = await api("/me");
@@ -77,33 +116,26 @@ async function checkMe() {
     return "ok";
   } catch (error) {
     document.getElementById("whoami").textContent = "";
-    if (error.status !== 401) return error;
-    say(getToken() ? "The token was not accepted." : "This server needs an API token.");
-    showSettings(true);
-    return "token";
+    return error.status === 401 ? "token" : error;
   }
 }
 
 /** What went wrong when the server did not answer who we are, for anything but a 401. */
 function unreachable(error) {
   if (error.status === 503) return "The server is running but cannot reach its database (503 database unavailable).";
-  if (error.status) return `The server answered with an error: ${error.message}.`;
-  return `The server cannot be reached (${error.message}).`;
+  if (error instanceof ConnectionError) return `The server cannot be reached (${error.message}).`;
+  return `The server answered with an error: ${error.message}.`;
 }
-
-let retry = null;
 
 /** Checks the token, then shows the page; a server or database that is away is tried again. */
 async function start() {
   clearTimeout(retry);
   const state = await checkMe();
-  const main = document.getElementById("app");
   if (state === "ok") return route();
-  if (state === "token") return main.replaceChildren(h("p", {}, "Enter an API token to see your jobs."));
+  if (state === "token") return undefined; // signedOut has drawn the sign-in state
+  leavePage();
   retry = setTimeout(start, RETRY_SECONDS * 1000);
-  return main.replaceChildren(h("p", { id: "startup-error", class: "error" }, unreachable(state)),
-    h("p", {}, `Trying again every ${RETRY_SECONDS} seconds. `,
-      h("button", { type: "button", id: "retry", class: "secondary", onclick: start }, "Try again now")));
+  return document.getElementById("app").replaceChildren(...awayMessage(state, start));
 }
 
 function setupSettings() {
@@ -118,17 +150,18 @@ function setupSettings() {
     if (state === "ok") {
       showSettings(false);
       say("Token saved.");
-      clearTimeout(retry);
       route();
     } else if (state !== "token") say(unreachable(state));
   });
   document.getElementById("token-clear").addEventListener("click", () => {
     setToken("");
-    say("Token forgotten.");
-    checkMe();
+    leavePage();
+    document.getElementById("app").replaceChildren();
+    start().then(() => say("Token forgotten."));
   });
 }
 
+onUnauthorized(signedOut);
 setupSettings();
 window.addEventListener("hashchange", route);
 start();

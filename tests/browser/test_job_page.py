@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
-from db.models import Evaluation, Job, JobLog
+from db.models import Checkpoint, Evaluation, Job, JobLog
 from tests.browser.test_dashboard import shoot
 
 pytestmark = pytest.mark.browser
@@ -219,4 +220,40 @@ def test_summary_keeps_each_label_with_its_value(live_server, signed_in, submit_
         " })"
     )
     assert len(pairs) == 6 and all(same and below for _, same, below in pairs), pairs
+    assert problems.unexpected() == []
+
+
+def test_a_failed_download_says_why_in_the_server_words(
+    live_server, signed_in, submit_job, session_factory, settings
+):
+    """The checkpoint's file goes away after the page listed it: the download's
+    error shows the server's message, not only the status line's "Not Found"."""
+    job = submit_job()
+    cancel(live_server, job["id"])
+    weights = Path(settings.artifacts_dir) / job["id"] / "final.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"0")
+    with session_factory() as session:
+        row = Checkpoint(
+            job_id=job["id"],
+            kind="final",
+            stage="train",
+            epoch=3,
+            path=f"{job['id']}/final.safetensors",
+            size=1,
+            sha256="00" * 32,
+        )
+        session.add(row)
+        session.commit()
+        checkpoint_id = row.id
+    page, problems = signed_in()
+    problems.allow(404, f"/checkpoints/{checkpoint_id}/download")
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    button = page.locator("#checkpoints button[data-format=safetensors]")
+    button.wait_for()
+    weights.unlink()
+    button.click()
+    said = page.locator("#checkpoints li.checkpoint span.muted")
+    said.filter(has_text="not found").wait_for()
+    assert said.inner_text() == f"404: safetensors file of checkpoint {checkpoint_id} not found"
     assert problems.unexpected() == []
