@@ -33,6 +33,7 @@ from dyart.errors import (
     NonFiniteLossError,
     StopRequested,
 )
+from dyart.files import exclusive_use, writable_folder
 
 RECIPES_DIR = Path(__file__).parent / "configs"
 _INPUT_ERRORS = {
@@ -160,14 +161,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dyart.train import Trainer
 
     config = load_config(args)
-    out = Path(args.out or f"runs/{config.dataset}-{config.method}")
+    out = writable_folder(args.out or f"runs/{config.dataset}-{config.method}", "out")
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     interrupt = _InterruptStop()
     trainer = Trainer(
         config, out, device=args.device, data_dir=args.data_dir,
         callbacks=[ConsoleCallback(), interrupt], init_from=args.init_from,
     )  # fmt: skip
-    with interrupt.installed():
+    with exclusive_use(out, "out", "dyart train"), interrupt.installed():
         summary = trainer.run(stages)
     _print_summary(summary)
     return 0
@@ -209,6 +210,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("batch-size", f"expected at least 1 image, got {args.batch_size}")
     if args.output:
         _check_writable(Path(args.output))
+    if args.state_dir:
+        writable_folder(args.state_dir, "state-dir")
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     path = Path(args.checkpoint)

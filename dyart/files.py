@@ -8,12 +8,15 @@ folder fsynced. A crash leaves the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from dyart.errors import ConfigError
 
 CHUNK = 1 << 20
 
@@ -47,3 +50,49 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def writable_folder(path: str | Path, field: str) -> Path:
+    """Create ``path`` if need be and prove a file can be written there, before any work.
+
+    Raises:
+        ConfigError: naming ``field``, when ``path`` is a file or cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(field, f"{path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # FileExistsError: a file on the way (a/b/c with a/b a file)
+        raise ConfigError(field, f"cannot create folder {path}: {exc.strerror or exc}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(field, f"cannot write in folder {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+@contextlib.contextmanager
+def exclusive_use(folder: Path, field: str, what: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` for this process while the block runs (released at exit,
+    even a killed one's, by the OS), so a second ``what`` on the same folder is refused
+    instead of racing the first for its files.
+
+    Raises:
+        ConfigError: naming ``field`` and the pid holding the folder.
+    """
+    import fcntl
+
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            raise ConfigError(field, f"{folder} is in use by another {what} (pid {pid})") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield

@@ -136,3 +136,36 @@ def test_numbers_without_a_dot_are_numbers_in_config_files_and_hparams(tmp_path)
     config = load_config(args)
     assert (config.lr, config.weight_decay) == (0.01, 0.0005)
     assert config.hparams["lam_robust"] == 1000.0 and config.hparams["eta"] == 1.1
+
+
+def test_an_out_or_state_dir_that_cannot_be_written_is_refused_up_front(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [
+        (["train", *TINY, "--out", str(a_file)], f"error: out: {a_file} is a file, not a folder"),
+        (["train", *TINY, "--out", str(a_file / "run")], "error: out: cannot create folder"),
+        (["eval", "m.safetensors", "--state-dir", str(a_file)], "error: state-dir: "),
+    ]
+    if Path("/proc/self").is_dir():  # a folder no file can be made in
+        cases.append((["train", *TINY, "--out", "/proc"], "error: out: cannot write in folder"))
+    for argv, expected in cases:
+        assert main(argv) == 2
+        assert _error_line(capsys).startswith(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # what a running dyart train holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        assert main(["train", *TINY, "--out", str(out)]) == 2
+        assert _error_line(capsys) == (
+            f"error: out: {out} is in use by another dyart train (pid 4242)"
+        )
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert main(["train", *TINY, "--epochs", "1", "--eval-eps", "--out", str(out)]) == 0
