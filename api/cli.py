@@ -29,7 +29,13 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from db.settings import ENV_PREFIX, Settings, get_settings, settings_error_lines
+from db.settings import (
+    ENV_PREFIX,
+    WORKER_RESTART_EXIT,
+    Settings,
+    get_settings,
+    settings_error_lines,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,20 +80,41 @@ def start_worker(settings: Settings) -> subprocess.Popen:
 
 class WorkerWatch:
     """Stops the server when its worker exits on its own: a server whose worker died
-    would accept jobs that stay queued for ever. ``exit_code`` says it happened."""
+    would accept jobs that stay queued for ever. ``exit_code`` says it happened.
 
-    def __init__(self, worker: subprocess.Popen, server: Any):
-        self.worker, self.server = worker, server
+    A worker that exits with ``WORKER_RESTART_EXIT`` (a job's training stalled and
+    the process could not free itself) is started again with ``restart()``.
+    """
+
+    def __init__(
+        self,
+        worker: subprocess.Popen,
+        server: Any,
+        restart: Callable[[], subprocess.Popen] | None = None,
+    ):
+        self.worker, self.server, self.restart = worker, server, restart
         self.exit_code: int | None = None
         self.stopping = False
-        threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+        self.thread = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+        self.thread.start()
 
     def _watch(self) -> None:
-        code = self.worker.wait()
-        # should_exit: the server was told to stop (Ctrl-C reaches the worker too)
-        if not self.stopping and not self.server.should_exit:
+        while True:
+            code = self.worker.wait()
+            # should_exit: the server was told to stop (Ctrl-C reaches the worker too)
+            if self.stopping or self.server.should_exit:
+                return
+            if code == WORKER_RESTART_EXIT and self.restart is not None:
+                print(
+                    "the worker exited to be restarted (a job's training stalled: its log "
+                    "says where); starting it again",
+                    flush=True,
+                )
+                self.worker = self.restart()
+                continue
             self.exit_code = code
             self.server.should_exit = True
+            return
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -144,7 +171,9 @@ def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
     )
-    watch = WorkerWatch(worker, server) if worker is not None else None
+    watch = (
+        WorkerWatch(worker, server, lambda: start_worker(settings)) if worker is not None else None
+    )
     # uvicorn shuts down on SIGTERM and then raises the signal again; by default that
     # would end this process before the ``finally`` stopped the worker
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -156,7 +185,7 @@ def serve(settings: Settings, with_worker: bool, demo: bool = False) -> None:
         signal.signal(signal.SIGTERM, previous)
         if worker is not None and watch is not None:
             watch.stopping = True
-            stop_worker(worker)
+            stop_worker(watch.worker)
     if watch is not None and watch.exit_code is not None:
         raise CliError(
             f"the worker process exited (code {watch.exit_code}), so the server stopped "

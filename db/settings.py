@@ -41,6 +41,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The exit status of a worker process that asks its supervisor to start it again
+# (a job's training stalled: worker.runner.StallWatchdog); `dyart-service serve` does.
+WORKER_RESTART_EXIT = 75
+
+
 class Settings(BaseSettings):
     """Every setting of the service; each field is one ``DYART_<NAME>`` variable."""
 
@@ -88,6 +93,14 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(
         3, ge=1, description="Attempts (worker deaths included) before a job fails for good."
+    )
+    stall_seconds: float = Field(
+        1800.0,
+        ge=0,
+        description="A training job whose steps stop for this long (a hung GPU or data "
+        "loader) makes its worker process exit so that it is restarted; the job is requeued "
+        "(an attempt counted) and resumes from its latest checkpoint. Not while AutoAttack "
+        "runs; 0: never.",
     )
     max_active_per_user: int = Field(
         0,

@@ -64,6 +64,9 @@ class DbCallback(Callback):
         self.owner, self.lease_seconds = owner, lease_seconds
         self.position: tuple[str, int] | None = None  # (stage, epoch) being run, for errors
         self._epochs = 0
+        # when the trainer last asked should_stop (every step) or reported anything;
+        # None until its first step (loading a dataset may take long and is not watched)
+        self.alive_at: float | None = None
 
     @contextmanager
     def _held(self) -> Iterator[Session]:
@@ -90,6 +93,8 @@ class DbCallback(Callback):
     def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
         start = int(info.get("start_epoch") or 0)
         self.position, self._epochs = (stage, start + 1), int(info.get("epochs") or 0)
+        if self.alive_at is not None:
+            self.alive_at = time.monotonic()
         recover, self._recovered = not self._recovered, True  # once per attempt
         if recover:
             self._recover_checkpoints()
@@ -175,6 +180,7 @@ class DbCallback(Callback):
             session.commit()
 
     def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
+        self.alive_at = time.monotonic()
         self.position = (stage, min(epoch + 1, self._epochs or epoch + 1))
         with self._held() as session:
             metric = jobs.record_metric(session, self.job_id, stage, epoch, row)
@@ -251,6 +257,7 @@ class DbCallback(Callback):
             session.commit()
 
     def should_stop(self) -> bool:
+        self.alive_at = time.monotonic()
         if self.lease_lost.is_set():
             raise LeaseLostError(f"job {self.job_id}: lease lost")
         if self.shutdown.is_set():

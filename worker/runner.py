@@ -50,7 +50,7 @@ from db import evaluations, jobs
 from db.burn_in import find_reusable_burn_in
 from db.models import Checkpoint, Evaluation, Job, utcnow
 from db.session import make_engine, make_session_factory
-from db.settings import Settings, get_settings
+from db.settings import WORKER_RESTART_EXIT, Settings, get_settings
 from worker.artifacts import ArtifactStore, file_sha256
 from worker.progress import DbCallback, LeaseLostError
 
@@ -98,14 +98,23 @@ class LeaseKeeper(threading.Thread):
     shows it in its log before the sweep takes its job away.
     """
 
-    def __init__(self, renew: Callable[[], bool], interval: float, lease: float):
+    def __init__(
+        self,
+        renew: Callable[[], bool],
+        interval: float,
+        lease: float,
+        watch: Callable[[], None] | None = None,
+    ):
         super().__init__(name="lease-keeper", daemon=True)
         self.renew, self.interval, self.lease = renew, interval, lease
+        self.watch = watch  # called before each renewal (the stall watchdog)
         self.lost, self._done = threading.Event(), threading.Event()
 
     def run(self) -> None:
         last = time.monotonic()
         while not self._done.wait(self.interval):
+            if self.watch is not None:
+                self.watch()
             began = time.monotonic()
             try:
                 renewed = self.renew()
@@ -158,12 +167,65 @@ def run_job(job_id: str) -> dict[str, Any]:
     except DATABASE_DOWN as exc:
         return _claim_failed(factory, job_id, exc, settings)
     renew = _renewer(factory, jobs.renew_lease, job_id, me, settings.lease_seconds)
-    keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds)
+    watchdog = StallWatchdog(job_id, factory, settings.stall_seconds)
+    keeper = LeaseKeeper(renew, settings.heartbeat_seconds, settings.lease_seconds, watchdog)
     keeper.start()
     try:
-        return _train(job_id, config, settings, factory, keeper, me)
+        return _train(job_id, config, settings, factory, keeper, me, watchdog)
     finally:
         keeper.stop()
+
+
+STALLED_EXIT = WORKER_RESTART_EXIT  # the worker process's exit status after a stalled job
+
+
+class StallWatchdog:
+    """Ends this worker process when the job's training stops moving.
+
+    A step that never returns (a GPU or NCCL hang, a deadlocked data loader) leaves
+    the lease keeper renewing the lease of a job that makes no progress, forever:
+    no error is raised, and the thread that hangs cannot be stopped from outside.
+    Past ``limit`` seconds without a step, the job's log says so and the process
+    exits (status 75): its supervisor (Docker's restart policy, Celery's pool)
+    starts it again, the sweep requeues the job once its lease runs out (an attempt
+    counted, so a job that hangs every time ends failed), and the job resumes from
+    its latest checkpoint. The evaluate stage is not watched: one AutoAttack attack
+    on many images reports nothing for hours.
+    """
+
+    def __init__(self, job_id: str, factory: sessionmaker[Session], limit: float):
+        self.job_id, self.factory, self.limit = job_id, factory, limit
+        self.callback: DbCallback | None = None  # set once the trainer's callback exists
+
+    def __call__(self) -> None:
+        reason = self.stalled()
+        if reason is None:
+            return
+        log.error("job %s: %s", self.job_id, reason)
+        try:
+            with self.factory() as session:
+                jobs.add_log(session, self.job_id, reason, "ERROR")
+                session.commit()
+        except Exception:  # the exit matters more than the line
+            log.exception("job %s: could not write the stall to its log", self.job_id)
+        logging.shutdown()
+        os._exit(STALLED_EXIT)
+
+    def stalled(self) -> str | None:
+        """Why the job counts as stalled now, or None."""
+        callback = self.callback
+        if not self.limit or callback is None or callback.alive_at is None:
+            return None
+        stage, epoch = callback.position or ("train", 0)
+        idle = time.monotonic() - callback.alive_at
+        if stage == "evaluate" or idle < self.limit:
+            return None
+        return (
+            f"stalled: no training step for {idle:.0f} s in {stage} epoch {epoch} "
+            f"(DYART_STALL_SECONDS={self.limit:g}), a hung step (GPU or data loader?); this "
+            "worker exits to be restarted, and the job is requeued once its lease runs out "
+            "and resumes from its latest checkpoint"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -299,6 +361,7 @@ def _train(
     factory: sessionmaker[Session],
     keeper: LeaseKeeper,
     me: str,
+    watchdog: StallWatchdog | None = None,
 ) -> dict[str, Any]:
     from dyart.errors import DyartError, StopRequested
 
@@ -307,6 +370,8 @@ def _train(
         job_id, factory, store, keeper.lost, config_dict, shutdown=SHUTDOWN,
         owner=me, lease_seconds=lease,
     )  # fmt: skip
+    if watchdog is not None:
+        watchdog.callback = callback
     try:
         trainer = _make_trainer(job_id, config_dict, settings, factory, store, callback)
         with _warnings_to_log(factory, job_id, "evaluate"):

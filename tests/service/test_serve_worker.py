@@ -94,3 +94,37 @@ def test_the_worker_gets_each_setting_that_is_set_and_no_unset_one(settings, mon
 
     set_ = settings.model_copy(update={"metrics_token": "scrape-secret"})
     assert worker_environment(set_)["DYART_METRICS_TOKEN"] == "scrape-secret"
+
+
+def test_a_worker_that_exits_to_be_restarted_is_started_again_and_others_stop_the_server():
+    """The watch over serve's worker, on real processes: exit status 75 (a stalled job)
+    starts a new worker; any other exit stops the server."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from api.cli import WorkerWatch
+    from db.settings import WORKER_RESTART_EXIT
+
+    def process(code: int | None) -> subprocess.Popen:
+        script = "import time; time.sleep(600)" if code is None else f"raise SystemExit({code})"
+        return subprocess.Popen([sys.executable, "-c", script])
+
+    server = SimpleNamespace(should_exit=False)  # the flag uvicorn's Server polls
+    started: list[subprocess.Popen] = []
+
+    def restart() -> subprocess.Popen:
+        started.append(process(None))
+        return started[-1]
+
+    watch = WorkerWatch(process(WORKER_RESTART_EXIT), server, restart)
+    try:
+        wait_for(lambda: len(started) == 1, "the worker started again")
+        assert watch.worker is started[0] and not server.should_exit
+        started[0].terminate()  # it dies of a signal: not a request to be restarted
+        wait_for(lambda: server.should_exit, "the server told to stop")
+        watch.thread.join(10)
+        assert watch.exit_code == -signal.SIGTERM and len(started) == 1
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()

@@ -14,6 +14,7 @@ from db import jobs
 from db.models import Checkpoint, Evaluation, Job, JobMetric, utcnow
 from tests.conftest import WorkerFleet
 from tests.worker.conftest import job_row, log_lines, metric_keys, wait_final, wait_for
+from worker import runner
 from worker.artifacts import ArtifactStore, file_sha256
 
 FAULT_WORKER = Path(__file__).resolve().parents[2] / "bench" / "faults" / "step_fault_worker.py"
@@ -203,6 +204,33 @@ def test_worker_stopped_gracefully_hands_its_job_over(worker_process, submit, se
     assert job.status == "succeeded" and job.attempts == 1, (job.error, lines)
     assert "worker shutting down: state saved, job queued again" in lines
     assert_each_epoch_once(session_factory, job_id, burn_in=1, train=LONG["epochs"])
+
+
+def test_a_hung_step_ends_its_worker_and_the_job_resumes_on_the_next(
+    service_env, tmp_path, submit, session_factory
+):
+    """A step that never returns (in epoch 2): past DYART_STALL_SECONDS the worker says
+    so in the job's log and exits; the next worker resumes the job."""
+    fleet = WorkerFleet(service_env, tmp_path)
+    try:
+        hung = fleet(
+            script=str(FAULT_WORKER), DYART_FAULT_HANG_AT_STEP="25", DYART_STALL_SECONDS="3"
+        )
+        job_id = submit(method="clean", burn_in_epochs=0, epochs=3, hparams={})
+        wait_for(lambda: not hung.alive(), "the stalled worker to exit", timeout=180)
+        assert hung.proc.returncode == runner.STALLED_EXIT, hung.output()
+        stalled = [line for line in log_lines(session_factory, job_id) if "stalled" in line]
+        assert len(stalled) == 1 and stalled[0].startswith("stalled: no training step for ")
+        assert " in train epoch 2 (DYART_STALL_SECONDS=3)" in stalled[0], stalled
+        fleet()  # a healthy worker: its sweep requeues the job once the lease runs out
+        job = wait_final(session_factory, job_id)
+        lines = log_lines(session_factory, job_id)
+        assert job.status == "succeeded" and job.attempts == 2, (job.error, lines)
+        assert "resumed train from the checkpoint at epoch 1" in lines, lines
+        assert_each_epoch_once(session_factory, job_id, burn_in=0, train=3)
+    finally:
+        for worker in fleet.workers:
+            worker.kill9()
 
 
 def test_a_failing_step_says_where_and_that_resume_continues(
