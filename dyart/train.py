@@ -38,6 +38,7 @@ from dyart.callbacks import Callback, CallbackList, MetricSums, make_row
 from dyart.config import TrainConfig
 from dyart.ema import EMA
 from dyart.errors import CheckpointError, ConfigError, NonFiniteLossError, StopRequested
+from dyart.files import file_sha256
 from dyart.schedule import Schedule, build_optimizer
 
 STAGES = ("burn_in", "train", "evaluate")
@@ -128,6 +129,8 @@ class Trainer:
         self.data_dir = data_dir
         self.callbacks = CallbackList(callbacks)
         self.init_from = None if init_from is None else Path(init_from)
+        self._init_from_given = None if init_from is None else str(init_from)
+        self.adopted: dict[str, Any] | None = None  # the burn-in reused: path, sha256, key
         self.state_path = self.out_dir / "state" / "latest.pt"
         self.fallback: str | None = None  # why the run resumed from the state before
         self._fallback_told = False
@@ -156,6 +159,7 @@ class Trainer:
         if saved is None:
             self._refuse_earlier_outputs()
         self.done = list(saved["done"]) if saved else []
+        self.adopted = saved.get("init_from") if saved else None
         resume = saved["run"] if saved else None
         threads = torch.get_num_threads()
         self.threads_began = int(saved.get("threads", 0)) if saved else 0
@@ -502,6 +506,7 @@ class Trainer:
             "done": list(self.done),
             "threads": torch.get_num_threads(),
             "data_split": self.config.dataset_card.split,
+            "init_from": self.adopted,
             "run": None if run is None else {**run.state_dict(), "rng": checkpoint.capture_rng()},
         }
         if self.state_path.is_file():  # the state before stays as a fallback
@@ -604,9 +609,14 @@ class Trainer:
         model = self._build_model()
         model.load_state_dict(state["ema"])  # fails loudly if the shapes differ
         with open(source, "rb") as src:  # complete or absent, never a truncated copy
-            checkpoint.atomic_write(
+            copy = checkpoint.atomic_write(
                 self.out_dir / "burn_in.pt", lambda f: shutil.copyfileobj(src, f)
             )
+        self.adopted = {
+            "path": self._init_from_given,
+            "sha256": file_sha256(copy),
+            "burn_in_key": json.loads(state.get("burn_in_key", "{}")),
+        }
 
     def _model_path(self, kind: str) -> Path:
         return self.out_dir / f"model-{kind}.safetensors"
@@ -615,6 +625,10 @@ class Trainer:
         card = checkpoint.model_card(
             self.config, self._build_spec(), kind, run.name, run.epoch, run.best
         )
+        if self.adopted is not None:  # the burn-in settings used are the reused one's
+            card["init_from"] = self.adopted
+            key = self.adopted["burn_in_key"]
+            card["config"].update({k: key[k] for k in ("burn_in_epochs", "burn_in_lr") if k in key})
         path, _ = checkpoint.save_model(self._model_path(kind), model, card)
         if kind in ("best", "final") and _has_robustbench_layout(self.config):
             from dyart.models import robustbench
@@ -706,6 +720,15 @@ def _burn_in_mismatch(state: dict[str, Any], source: Path, config: TrainConfig) 
                 f"init_from: {source} is a burn-in of {key}={theirs.get(key)!r}, "
                 f"this run needs {key}={ours[key]!r}"
             )
+    # validation takes the first val_size training images; the burn-in trained on the rest
+    held_out = theirs.get("val_size")
+    if config.val_size > 0 and (not isinstance(held_out, int) or held_out < config.val_size):
+        return (
+            f"init_from: {source} is a burn-in that held out val_size={held_out!r} images, "
+            f"this run validates on the first {config.val_size}: it would validate on images "
+            f"it trained on; use a burn-in made with val_size {config.val_size} or more, or "
+            "train the burn-in"
+        )
     return None
 
 

@@ -322,3 +322,27 @@ def test_a_lone_burn_in_copy_is_replaced_when_init_from_is_given(finished, tmp_p
         load_file(out / "model-final.safetensors"),
     )
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_burn_in_reuse_refuses_a_burn_in_trained_on_our_validation_images(finished, tmp_path):
+    out, _, _ = finished  # its burn-in held out 64 images
+    more = _config(val_size=128)
+    with pytest.raises(CheckpointError, match="would validate on images it trained on"):
+        Trainer(more, tmp_path, device="cpu", init_from=out / "burn_in.pt").run(("burn_in",))
+    assert not (tmp_path / "burn_in.pt").exists()
+
+
+def test_the_model_card_names_the_reused_burn_in_and_its_settings(finished, tmp_path):
+    from dyart.files import file_sha256
+
+    out, _, _ = finished
+    source = out / "burn_in.pt"
+    config = _config(burn_in_epochs=3, burn_in_lr=0.05, epochs=1)  # settings it did not use
+    trainer = Trainer(config, tmp_path / "run", device="cpu", init_from=str(source))
+    trainer.run(("burn_in",))
+    Trainer(config, tmp_path / "run", device="cpu").run(("train",))  # resumed, no init_from
+    card = json.loads((tmp_path / "run" / "model-final.json").read_text())
+    assert card["init_from"]["path"] == str(source)
+    assert card["init_from"]["sha256"] == file_sha256(source)
+    assert card["init_from"]["burn_in_key"] == _config().burn_in_key()
+    assert (card["config"]["burn_in_epochs"], card["config"]["burn_in_lr"]) == (1, 0.1)
