@@ -110,7 +110,10 @@ def _add_param_flag(parser: argparse.ArgumentParser, param: catalog.Param) -> No
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="folder of on-disk datasets (CIFAR, SVHN...)")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("DYART_DATA_DIR") or None,
+        help="folder of on-disk datasets (CIFAR, SVHN...); default: $DYART_DATA_DIR",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
 
 

@@ -169,3 +169,10 @@ def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(tmp_path
         )
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
     assert main(["train", *TINY, "--epochs", "1", "--eval-eps", "--out", str(out)]) == 0
+
+
+def test_the_data_dir_defaults_to_dyart_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DYART_DATA_DIR", str(tmp_path / "datasets"))
+    argv = ["train", "--dataset", "cifar10", "--architecture", "small_cnn", "--method", "clean"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert str(tmp_path / "datasets") in _error_line(capsys)
