@@ -97,8 +97,9 @@ class Settings(BaseSettings):
     stall_seconds: float = Field(
         1800.0,
         ge=0,
-        description="A training job whose steps stop for this long (a hung GPU or data "
-        "loader) makes its worker process exit so that it is restarted; the job is requeued "
+        description="A training job whose steps stop for this long, or for 4 times its "
+        "longest gap between steps if that is longer (a hung GPU or data loader), makes its "
+        "worker process exit so that it is restarted; the job is requeued "
         "(an attempt counted) and resumes from its latest checkpoint. Not while AutoAttack "
         "runs; 0: never.",
     )

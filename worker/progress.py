@@ -64,9 +64,11 @@ class DbCallback(Callback):
         self.owner, self.lease_seconds = owner, lease_seconds
         self.position: tuple[str, int] | None = None  # (stage, epoch) being run, for errors
         self._epochs = 0
-        # when the trainer last asked should_stop (every step) or reported anything;
-        # None until its first step (loading a dataset may take long and is not watched)
+        # when the trainer last asked should_stop (every step) or ended an epoch; None
+        # until its first step (loading a dataset may take long and is not watched); and
+        # the longest gap between two such moments (None until one was measured)
         self.alive_at: float | None = None
+        self.longest_gap: float | None = None
 
     @contextmanager
     def _held(self) -> Iterator[Session]:
@@ -94,7 +96,7 @@ class DbCallback(Callback):
         start = int(info.get("start_epoch") or 0)
         self.position, self._epochs = (stage, start + 1), int(info.get("epochs") or 0)
         if self.alive_at is not None:
-            self.alive_at = time.monotonic()
+            self.alive_at = time.monotonic()  # a new stage loads its start: not a gap
         recover, self._recovered = not self._recovered, True  # once per attempt
         if recover:
             self._recover_checkpoints()
@@ -180,7 +182,7 @@ class DbCallback(Callback):
             session.commit()
 
     def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
-        self.alive_at = time.monotonic()
+        self._alive()
         self.position = (stage, min(epoch + 1, self._epochs or epoch + 1))
         with self._held() as session:
             metric = jobs.record_metric(session, self.job_id, stage, epoch, row)
@@ -256,8 +258,14 @@ class DbCallback(Callback):
             self._log(session, f"evaluation done: {evaluation.results}")
             session.commit()
 
+    def _alive(self) -> None:
+        now = time.monotonic()
+        if self.alive_at is not None:
+            self.longest_gap = max(self.longest_gap or 0.0, now - self.alive_at)
+        self.alive_at = now
+
     def should_stop(self) -> bool:
-        self.alive_at = time.monotonic()
+        self._alive()
         if self.lease_lost.is_set():
             raise LeaseLostError(f"job {self.job_id}: lease lost")
         if self.shutdown.is_set():

@@ -185,7 +185,9 @@ class StallWatchdog:
     A step that never returns (a GPU or NCCL hang, a deadlocked data loader) leaves
     the lease keeper renewing the lease of a job that makes no progress, forever:
     no error is raised, and the thread that hangs cannot be stopped from outside.
-    Past ``limit`` seconds without a step, the job's log says so and the process
+    Past ``limit`` seconds without a step (or 4 times the longest gap between two
+    steps so far, for a model whose steps are slow on this device; the watch starts
+    once one gap was measured), the job's log says so and the process
     exits (status 75): its supervisor (Docker's restart policy, Celery's pool)
     starts it again, the sweep requeues the job once its lease runs out (an attempt
     counted, so a job that hangs every time ends failed), and the job resumes from
@@ -214,17 +216,24 @@ class StallWatchdog:
     def stalled(self) -> str | None:
         """Why the job counts as stalled now, or None."""
         callback = self.callback
-        if not self.limit or callback is None or callback.alive_at is None:
+        if not self.limit or callback is None:
+            return None
+        if callback.alive_at is None or callback.longest_gap is None:
             return None
         stage, epoch = callback.position or ("train", 0)
         idle = time.monotonic() - callback.alive_at
-        if stage == "evaluate" or idle < self.limit:
+        slow = 4 * callback.longest_gap
+        if stage == "evaluate" or idle < max(self.limit, slow):
             return None
+        why = (
+            f"DYART_STALL_SECONDS={self.limit:g}"
+            if self.limit >= slow
+            else f"4 times the longest gap between steps so far, {callback.longest_gap:.0f} s"
+        )
         return (
-            f"stalled: no training step for {idle:.0f} s in {stage} epoch {epoch} "
-            f"(DYART_STALL_SECONDS={self.limit:g}), a hung step (GPU or data loader?); this "
-            "worker exits to be restarted, and the job is requeued once its lease runs out "
-            "and resumes from its latest checkpoint"
+            f"stalled: no training step for {idle:.0f} s in {stage} epoch {epoch} ({why}), "
+            "a hung step (GPU or data loader?); this worker exits to be restarted, and the "
+            "job is requeued once its lease runs out and resumes from its latest checkpoint"
         )
 
 

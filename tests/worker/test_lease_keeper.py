@@ -65,20 +65,29 @@ def test_a_renewal_refused_sets_lost_and_ends_the_keeper(caplog):
     assert "lease lost: another worker owns this task now" in caplog.text
 
 
-def test_the_stall_watchdog_waits_for_a_first_step_and_leaves_autoattack_alone():
+def test_the_stall_watchdog_waits_for_a_measured_step_and_leaves_autoattack_alone():
     from types import SimpleNamespace
 
     from worker.runner import StallWatchdog
 
     watchdog = StallWatchdog("0" * 32, factory=None, limit=60)
     assert watchdog.stalled() is None  # no trainer yet
-    callback = SimpleNamespace(alive_at=None, position=("train", 2))
+    callback = SimpleNamespace(alive_at=None, longest_gap=None, position=("train", 2))
     watchdog.callback = callback
     assert watchdog.stalled() is None  # loading data before the first step: not watched
+    callback.alive_at = time.monotonic() - 100
+    assert watchdog.stalled() is None  # one step so far: how long a step takes is unknown
+    callback.longest_gap = 1.0
     callback.alive_at = time.monotonic() - 30
     assert watchdog.stalled() is None  # within the limit
     callback.alive_at = time.monotonic() - 61
-    assert watchdog.stalled().startswith("stalled: no training step for 61 s in train epoch 2")
+    assert watchdog.stalled().startswith(
+        "stalled: no training step for 61 s in train epoch 2 (DYART_STALL_SECONDS=60), "
+    )
+    callback.longest_gap = 20.0  # steps this slow on this device: 4 x 20 s is the limit
+    assert watchdog.stalled() is None
+    callback.alive_at = time.monotonic() - 81
+    assert "(4 times the longest gap between steps so far, 20 s)" in watchdog.stalled()
     callback.position = ("evaluate", 0)
     assert watchdog.stalled() is None  # one AutoAttack attack may report nothing for hours
     callback.position, watchdog.limit = ("train", 2), 0
