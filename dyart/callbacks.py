@@ -35,7 +35,8 @@ class Callback:
     """Base class: override the hooks you need."""
 
     def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
-        """A stage begins; ``info`` has epochs, steps_per_epoch, start_epoch, resumed."""
+        """A stage begins; ``info`` has epochs, steps_per_epoch, start_epoch, resumed and,
+        when resumed, start_step (steps done in the stage) and state (the file resumed from)."""
 
     def on_step(self, stage: str, epoch: int, step: int, metrics: dict[str, float]) -> None:
         """Means of the batch metrics over the last log interval."""
@@ -92,7 +93,17 @@ class ConsoleCallback(Callback):
     """Logs one line per stage start and per epoch to the ``dyart`` logger."""
 
     def on_stage_start(self, stage: str, info: dict[str, Any]) -> None:
-        log.info("%s: %d epochs of %d steps", stage, info["epochs"], info["steps_per_epoch"])
+        if stage == "evaluate":
+            log.info("evaluate: AutoAttack (%s preset) at eps %s on %s test images",
+                     info.get("preset"), info.get("eps"), info.get("n"))  # fmt: skip
+        elif info.get("resumed"):
+            log.info(
+                "resuming %s at epoch %d of %d, after step %d, from %s", stage,
+                info["start_epoch"] + 1, info["epochs"], info.get("start_step", 0),
+                info.get("state"),
+            )  # fmt: skip
+        else:
+            log.info("%s: %d epochs of %d steps", stage, info["epochs"], info["steps_per_epoch"])
 
     def on_epoch_end(self, stage: str, epoch: int, row: dict[str, Any]) -> None:
         shown = ("lr", "train_loss", "train_clean_acc", "val_clean_acc", "val_pgd_acc", "seconds")

@@ -133,6 +133,7 @@ class Trainer:
         self.adopted: dict[str, Any] | None = None  # the burn-in reused: path, sha256, key
         self.state_path = self.out_dir / "state" / "latest.pt"
         self.fallback: str | None = None  # why the run resumed from the state before
+        self.resumed_from: Path | None = None  # the state file the run resumed from
         self._fallback_told = False
         self.done: list[str] = []
         self.data: Any = None
@@ -176,7 +177,11 @@ class Trainer:
                     f"generated/{self.config.dataset}.npz under the data directory "
                     f"({self.data_dir})",
                 )
-            for stage in (s for s in STAGES if s in stages and s not in self.done):
+            pending = [s for s in STAGES if s in stages and s not in self.done]
+            if saved and not pending:
+                log.info("%s: the run is already complete (%s done); nothing to do",
+                         self.out_dir, ", ".join(self.done) or "no stage")  # fmt: skip
+            for stage in pending:
                 state = resume if resume and resume["name"] == stage else None
                 if stage == "evaluate":
                     self._evaluate()
@@ -251,7 +256,8 @@ class Trainer:
         self.callbacks.on_stage_start(
             stage,
             {"epochs": run.epochs, "steps_per_epoch": len(run.loader),
-             "start_epoch": run.epoch, "resumed": state is not None,
+             "start_epoch": run.epoch, "resumed": state is not None, "start_step": run.step,
+             "state": str(self.resumed_from) if state is not None else None,
              "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
              "threads_began": self.threads_began or None,
              "fallback": self._fallback_note()},
@@ -527,6 +533,7 @@ class Trainer:
             return None
         try:  # on CPU: the RNG states must stay there
             state = checkpoint.load_training_state(self.state_path)
+            self.resumed_from = self.state_path
         except CheckpointError as exc:
             if not self.previous_state_path.is_file():
                 raise
@@ -536,6 +543,7 @@ class Trainer:
             )
             log.warning("%s", self.fallback)
             state = checkpoint.load_training_state(self.previous_state_path)
+            self.resumed_from = self.previous_state_path
         saved = json.loads(state["config"])
         changed = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
         if changed:

@@ -346,3 +346,27 @@ def test_the_model_card_names_the_reused_burn_in_and_its_settings(finished, tmp_
     assert card["init_from"]["sha256"] == file_sha256(source)
     assert card["init_from"]["burn_in_key"] == _config().burn_in_key()
     assert (card["config"]["burn_in_epochs"], card["config"]["burn_in_lr"]) == (1, 0.1)
+
+
+def test_the_console_says_where_a_run_resumes_and_when_it_is_complete(tmp_path, caplog):
+    import logging
+
+    from dyart.callbacks import ConsoleCallback, StopAfter
+    from dyart.errors import StopRequested
+
+    config = _config(epochs=3, eval_eps=[])
+    with pytest.raises(StopRequested):
+        Trainer(config, tmp_path, device="cpu", callbacks=[StopAfter("train", 1)]).run()
+    caplog.set_level(logging.INFO, logger="dyart")
+    Trainer(config, tmp_path, device="cpu", callbacks=[ConsoleCallback()]).run()
+    lines = [r.getMessage() for r in caplog.records]
+    state = tmp_path / "state" / "latest.pt"
+    resumed = [line for line in lines if line.startswith("resuming train")]
+    assert len(resumed) == 1 and resumed[0].startswith("resuming train at epoch 2 of 3, after step")
+    assert resumed[0].endswith(f"from {state}")
+    assert not any(line.startswith("train: 3 epochs") for line in lines)
+    caplog.clear()
+    Trainer(config, tmp_path, device="cpu", callbacks=[ConsoleCallback()]).run()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: the run is already complete (burn_in, train, evaluate done); nothing to do"
+    ]
