@@ -181,7 +181,8 @@ class Trainer:
             if saved and not pending:
                 log.info("%s: the run is already complete (%s done); nothing to do",
                          self.out_dir, ", ".join(self.done) or "no stage")  # fmt: skip
-            for stage in pending:
+            # lazily: a stage that trains undoes "evaluate" in done, so it runs again
+            for stage in (s for s in STAGES if s in stages and s not in self.done):
                 state = resume if resume and resume["name"] == stage else None
                 if stage == "evaluate":
                     self._evaluate()
