@@ -126,7 +126,7 @@ def load_config(args: argparse.Namespace) -> Any:
         for k in ("dataset", "architecture", "method", *catalog.TRAIN_PARAMS)
         if hasattr(args, k)
     }
-    hparams = dict(_parse_hparam(item) for item in args.hparam)
+    hparams = _parse_hparams(args.hparam)
     path = args.config
     if args.recipe:
         if args.recipe not in recipes():
@@ -137,11 +137,59 @@ def load_config(args: argparse.Namespace) -> Any:
     import yaml
 
     try:
-        return TrainConfig.from_file(path, **overrides, hparams=hparams)
+        config = TrainConfig.from_file(path, **overrides, hparams=hparams)
     except (ValueError, yaml.YAMLError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError("config", f"cannot read {path}: {exc}") from exc
+    label = f"recipe {args.recipe}" if args.recipe else str(path)
+    _warn_tuned_for_another_dataset(path, label, config, overrides, hparams)
+    return config
+
+
+def _warn_tuned_for_another_dataset(
+    path: Path, label: str, config: Any, overrides: dict[str, Any], hparams: dict[str, Any]
+) -> None:
+    """A --dataset on top of a file made for another one keeps the file's radii and sizes,
+    tuned for its dataset: say which, so they are overridden or chosen knowingly."""
+    from dyart.config import read_spec
+
+    spec = read_spec(path)
+    theirs = spec.get("dataset")
+    if "dataset" not in overrides or theirs == config.dataset:
+        return
+    sized = ("eval_eps", "eval_n", "val_size")
+    kept = [f"{k}={spec[k]}" for k in sized if k in spec and k not in overrides]
+    params = {p.name: p for p in catalog.METHODS[config.method].params}
+    kept += [
+        f"{k}={v}" for k, v in (spec.get("hparams") or {}).items()
+        if k not in hparams and getattr(params.get(k), "eps_scale", None) is not None
+    ]  # fmt: skip
+    if kept:
+        logging.getLogger("dyart").warning(
+            "warning: %s was made for %s; kept from it, tuned for %s: %s (override them with "
+            "flags or --hparam, or start from a config for %s)",
+            label, theirs, theirs, ", ".join(kept), config.dataset,
+        )  # fmt: skip
+
+
+def _parse_hparams(items: list[str]) -> dict[str, Any]:
+    """``--hparam KEY=VALUE`` flags as a mapping; a key given twice or without a value
+    is refused (an empty value would silently mean the default)."""
+    hparams: dict[str, Any] = {}
+    for item in items:
+        key, value = _parse_hparam(item)
+        if key in hparams:
+            raise ConfigError(
+                f"hparams.{key}", f"given twice ({hparams[key]!r} and {value!r}); give it once"
+            )
+        if value is None:
+            raise ConfigError(
+                f"hparams.{key}",
+                f"no value in {item!r}; give {key}=VALUE, or leave it out for the default",
+            )
+        hparams[key] = value
+    return hparams
 
 
 def _parse_hparam(item: str) -> tuple[str, Any]:

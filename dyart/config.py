@@ -45,6 +45,24 @@ def _yaml_loader() -> Any:
     return Yaml12Loader
 
 
+def read_spec(path: str | Path) -> dict[str, Any]:
+    """The settings a JSON or YAML config file holds, unvalidated.
+
+    Raises:
+        ConfigError: ``config``, when the file is missing, a folder or not a mapping.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("config", f"{path} is a folder; give a YAML or JSON file")
+    if not path.is_file():
+        raise ConfigError("config", f"config file {path} does not exist")
+    text = path.read_text()
+    spec = load_yaml(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(spec, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of settings")
+    return spec
+
+
 @dataclass
 class TrainConfig:
     """A complete, validated run: dataset, model, method and every setting.
@@ -93,15 +111,7 @@ class TrainConfig:
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML config file; ``overrides`` win over its values."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError("config", f"config file {path} does not exist")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            spec = load_yaml(text)
-        else:
-            spec = json.loads(text)
-        if not isinstance(spec, dict):
-            raise ConfigError("config", f"{path} must hold a mapping of settings")
+        spec = read_spec(path)
         theirs = spec.get("hparams") or {}
         if not isinstance(theirs, dict):
             raise ConfigError(

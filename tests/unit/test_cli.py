@@ -176,3 +176,40 @@ def test_the_data_dir_defaults_to_dyart_data_dir(tmp_path, capsys, monkeypatch):
     argv = ["train", "--dataset", "cifar10", "--architecture", "small_cnn", "--method", "clean"]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert str(tmp_path / "datasets") in _error_line(capsys)
+
+
+def test_a_recipe_for_another_dataset_names_the_values_it_keeps(caplog):
+    from dyart.cli import build_parser, load_config
+
+    argv = ["train", "--recipe", "mnist10k_dyart", "--dataset", "digits", "--eval-n", "100"]
+    config = load_config(build_parser().parse_args([*argv, "--hparam", "r0=0.5"]))
+    assert (config.dataset, config.eval_eps, config.hparams["eps_fab"]) == ("digits", [0.3], 0.3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "warning: recipe mnist10k_dyart was made for mnist10k; kept from it, tuned for "
+        "mnist10k: eval_eps=[0.3], val_size=256, eps_fab=0.3 (override them with flags or "
+        "--hparam, or start from a config for digits)"
+    ]
+    caplog.clear()
+    load_config(build_parser().parse_args(["train", "--recipe", "mnist10k_dyart"]))
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("hparams", "expected"),
+    [
+        (["r0="], "error: hparams.r0: no value in 'r0='; give r0=VALUE, or leave it out"),
+        (["r0=null"], "error: hparams.r0: no value in 'r0=null'"),
+        (["r0=0.5", "r0=0.6"], "error: hparams.r0: given twice (0.5 and 0.6); give it once"),
+    ],
+)
+def test_an_empty_or_repeated_hparam_is_refused(hparams, expected, capsys):
+    argv = ["train", "--recipe", "mnist10k_dyart"]
+    for item in hparams:
+        argv += ["--hparam", item]
+    assert main(argv) == 2
+    assert _error_line(capsys).startswith(expected)
+
+
+def test_a_config_that_is_a_folder_is_named_a_folder(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert _error_line(capsys) == f"error: config: {tmp_path} is a folder; give a YAML or JSON file"
