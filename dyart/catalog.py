@@ -31,6 +31,7 @@ class Param:
     choices: tuple[str, ...] = ()
     eps_scale: float | None = None  # default = eps_scale * dataset.eps
     max_items: int | None = None  # float_list: the most values it takes
+    above_min: bool = False  # min itself is refused (an AutoAttack radius of 0 attacks nothing)
 
     def public(self) -> dict[str, Any]:
         """A JSON-able description, as the API's catalog serves it."""
@@ -44,6 +45,7 @@ class Param:
             "choices": list(self.choices),
             "eps_scale": self.eps_scale,
             "max_items": self.max_items,
+            "above_min": self.above_min,
         }
 
 
@@ -485,6 +487,7 @@ TRAIN_PARAMS: dict[str, Param] = {
             0.0,
             1.0,
             max_items=MAX_EPS,
+            above_min=True,
         ),
         Param(
             "eval_n", "int", 1000, "test images for AutoAttack (leaderboards use all)", 1, 100000
@@ -525,6 +528,12 @@ def train_defaults(dataset: str) -> dict[str, Any]:
     """Every run-level setting with its default on ``dataset``."""
     data = DATASETS[dataset]
     return {name: resolve_default(p, data) for name, p in TRAIN_PARAMS.items()}
+
+
+def check_eps(values: Any, where: str) -> tuple[Any, str | None]:
+    """Check AutoAttack radii as a job's ``eval_eps`` is checked (range, each once, at most
+    ``MAX_EPS``), for every door a radius list comes in by."""
+    return check_value(TRAIN_PARAMS["eval_eps"], values, where)
 
 
 def check_value(param: Param, value: Any, where: str) -> tuple[Any, str | None]:
@@ -568,6 +577,8 @@ def _check_number(param: Param, value: Any, where: str, kind: type) -> tuple[Any
     if kind is int and value != int(value):
         return value, f"{where}: expected an integer, got {value!r}"
     value = kind(value)
+    if param.min is not None and param.above_min and value <= param.min:
+        return value, f"{where}: {value} must be above {param.min}"
     if param.min is not None and value < param.min:
         return value, f"{where}: {value} is below the minimum {param.min}"
     if param.max is not None and value > param.max:

@@ -263,6 +263,11 @@ def _resolve_pair(path: Path) -> tuple[Path, Path, dict[str, Any]]:
         card_path, card = path, read_card(path)
         weights = path.parent / card.get("weights", path.with_suffix(".safetensors").name)
     else:
+        if path.is_dir():
+            raise CheckpointError(
+                f"checkpoint: {path} is a folder; give a model-<kind>.safetensors file or its "
+                ".json card"
+            )
         if not path.is_file():
             raise CheckpointError(f"checkpoint: {path} does not exist")
         card_path = path.with_suffix(".json")

@@ -251,29 +251,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-
     from dyart.checkpoint import load_model, read_card
     from dyart.data import load_dataset
     from dyart.evaluate import autoattack_eval, pixels
     from dyart.train import resolve_device
 
-    if args.batch_size < 1:
-        raise ConfigError("batch-size", f"expected at least 1 image, got {args.batch_size}")
-    if args.output:
-        _check_writable(Path(args.output))
-    if args.state_dir:
-        writable_folder(args.state_dir, "state-dir")
+    _check_eval_flags(args)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device)
     path = Path(args.checkpoint)
     card = read_card(path if path.suffix == ".json" else path.with_suffix(".json"))
-    dataset = card["dataset"]
-    eps = args.eps or list(catalog.DATASETS[dataset].eval_eps)
-    for value in eps:
-        if not 0.0 < value <= 1.0:
-            raise ConfigError("eps", f"{value} is outside (0, 1] (pixel scale)")
-    if args.n < 1:
-        raise ConfigError("n", f"expected at least 1 image, got {args.n}")
+    dataset = _card_dataset(card, path)
+    eps = _checked_eps(args.eps or list(catalog.DATASETS[dataset].eval_eps))
     config = card.get("config", {})
     data = load_dataset(dataset, args.data_dir, val_size=config.get("val_size", 1024),
                         seed=config.get("seed", 0), device=device)  # fmt: skip
@@ -284,13 +273,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
         norm=card.get("threat_model", {}).get("norm", "linf"), batch_size=args.batch_size,
         state_dir=args.state_dir,
     )  # fmt: skip
-    result.update(checkpoint=str(path), dataset=dataset)
+    result.update(checkpoint=str(path), sha256=card.get("sha256"), dataset=dataset)
+    result.update(stage=card.get("stage"), epoch=card.get("epoch"))
     result["leaderboard_grade"] = catalog.leaderboard_grade(dataset, args.preset, n)
     text = json.dumps(result, indent=2)
     print(text)  # first: the results are on screen whatever happens to the file
     if args.output:
         Path(args.output).write_text(text + "\n")
     return 0
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    """Refuse bad flags before the model and the data are loaded."""
+    if args.batch_size < 1:
+        raise ConfigError("batch-size", f"expected at least 1 image, got {args.batch_size}")
+    if args.n < 1:
+        raise ConfigError("n", f"expected at least 1 image, got {args.n}")
+    if args.eps:
+        _checked_eps(args.eps)
+    if args.output:
+        _check_writable(Path(args.output))
+    if args.state_dir:
+        writable_folder(args.state_dir, "state-dir")
+
+
+def _checked_eps(eps: list[float]) -> list[float]:
+    """The radii, checked as a job's eval_eps is: in (0, 1], each once, at most MAX_EPS."""
+    checked, error = catalog.check_eps(eps, "eps")
+    if error:
+        raise ConfigError(error.partition(":")[0], error)
+    return list(checked)
+
+
+def _card_dataset(card: dict[str, Any], path: Path) -> str:
+    """The dataset the model card names, which decides the test images and the radii."""
+    dataset = card.get("dataset")
+    if not isinstance(dataset, str) or dataset not in catalog.DATASETS:
+        said = "names no dataset" if dataset is None else f"names dataset {dataset!r}"
+        raise CheckpointError(
+            f"checkpoint: the model card of {path} {said}: its field dataset should be one of "
+            f"{', '.join(catalog.DATASETS)}"
+        )
+    return str(dataset)
 
 
 def _check_writable(path: Path) -> None:
@@ -345,16 +369,35 @@ def main(argv: list[str] | None = None) -> int:
     except StopRequested as exc:
         print(f"stopped: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"stopped: {_interrupted(args)}", file=sys.stderr)
+        return 130
     except (NonFiniteLossError, DyartError) as exc:
         print(f"error: {_with_field(exc, 'training')}", file=sys.stderr)
         return 1
     return 2
 
 
+def _interrupted(args: argparse.Namespace) -> str:
+    """What a Ctrl-C that ended the command leaves behind, in one line."""
+    if args.command == "train":
+        out = args.out or "the out folder"
+        return (
+            f"aborted; {out}/state keeps the state saved at the last epoch end: run the same "
+            "command to resume from it"
+        )
+    if args.state_dir:
+        return (
+            f"interrupted; the attacks finished so far are kept in {args.state_dir}: run the "
+            "same command to resume"
+        )
+    return "interrupted; nothing was kept (give --state-dir to keep progress across runs)"
+
+
 def _config_message(exc: ConfigError) -> str:
     """``field: message`` for each bad field, on one line."""
     pairs = exc.errors if isinstance(exc, ConfigErrors) else [(exc.field, str(exc))]
-    parts = [m if m.startswith(f"{f}:") else f"{f}: {m}" for f, m in pairs]
+    parts = [m if m.startswith((f"{f}:", f"{f}[")) else f"{f}: {m}" for f, m in pairs]
     return " ".join("; ".join(parts).split())
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -660,17 +661,25 @@ class Trainer:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
+    """``auto`` -> CUDA when available, else CPU; ``cpu``, ``cuda`` or ``cuda:N`` as given.
+
+    Raises:
+        ConfigError: ``device``, for anything else (mps, xla, meta... are not supported)
+            or a CUDA device this machine does not have.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+    if match is None:
+        raise ConfigError("device", f"{device!r} is not a device; expected auto, cpu or cuda[:N]")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device", f"{device!r} asked for, but CUDA is not available here")
-    try:
-        return torch.device(device)
-    except (RuntimeError, ValueError) as exc:
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
         raise ConfigError(
-            "device", f"{device!r} is not a device; expected cpu, cuda, cuda:N or auto"
-        ) from exc
+            "device", f"{device!r} asked for, but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0",
+        )  # fmt: skip
+    return torch.device(device)
 
 
 def _saves_best(run: StageRun) -> bool:

@@ -48,6 +48,14 @@ def _error_line(capsys) -> str:
         (["train", *TINY, "--device", "gpu0"], "error: device: 'gpu0' is not a device"),
         (["eval", "m.safetensors", "--device", "gpu0"], "error: device: 'gpu0' is not a device"),
         (["eval", "m.safetensors", "--batch-size", "0"], "error: batch-size: expected at least 1"),
+        (["eval", "m.safetensors", "--device", "mps"], "error: device: 'mps' is not a device"),
+        (["eval", "m.safetensors", "--device", "meta"], "error: device: 'meta' is not a device"),
+        (["eval", "m.safetensors", "--eps", "0.1", "0.1"], "error: eps[1]: 0.1 is given twice"),
+        (["eval", "m.safetensors", "--eps", "0"], "error: eps[0]: 0.0 must be above 0.0"),
+        (["eval", "m.safetensors", "--eps", "1.5"], "error: eps[0]: 1.5 is above the maximum"),
+        (["eval", "m.safetensors", "--eps", *["0.1"] * 21], "error: eps: at most 20 values"),
+        (["train", *TINY, "--eval-eps", "0", "0.1"], "error: eval_eps[0]: 0.0 must be above 0.0"),
+        (["eval", "/"], "error: checkpoint: / is a folder; give a model-<kind>.safetensors"),
         (
             ["eval", "m.safetensors", "--output", "/nonexistent/r.json"],
             "error: output: folder /nonexistent does not exist",
@@ -112,6 +120,17 @@ def test_train_then_eval_from_the_command_line(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 30 and [r["eps"] for r in result["results"]] == [0.05, 0.1]
     assert result["dataset"] == "synthetic" and result["leaderboard_grade"] is False
+    card = json.loads((out / "model-best.json").read_text())
+    assert (result["sha256"], result["epoch"]) == (card["sha256"], card["epoch"])
+    assert result["stage"] == "train"
+    for broken, said in ((None, "names no dataset"), ("mnist11", "names dataset 'mnist11'")):
+        card["dataset"] = broken
+        (out / "model-best.json").write_text(json.dumps(card))
+        assert main([*argv, "--device", "cpu"]) == 2
+        assert _error_line(capsys).startswith(
+            f"error: checkpoint: the model card of {out / 'model-best.safetensors'} {said}: "
+            "its field dataset should be one of"
+        )
 
 
 def test_console_script_error_has_no_traceback(tmp_path):
@@ -213,3 +232,38 @@ def test_an_empty_or_repeated_hparam_is_refused(hparams, expected, capsys):
 def test_a_config_that_is_a_folder_is_named_a_folder(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path)]) == 2
     assert _error_line(capsys) == f"error: config: {tmp_path} is a folder; give a YAML or JSON file"
+
+
+@pytest.mark.parametrize("state_dir", [True, False])
+def test_ctrl_c_during_eval_is_one_line_saying_what_is_kept(tmp_path, state_dir):
+    import signal
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--eval-eps", "--out", str(out)]) == 0
+    fifo = tmp_path / "results.json"
+    os.mkfifo(fifo)  # eval waits here, after the attacks, until Ctrl-C: no race with them
+    progress = tmp_path / "progress"
+    argv = ["eval", str(out / "model-best.safetensors"), "--eps", "0.1", "--preset", "fast"]
+    argv += ["--n", "30", "--device", "cpu", "--output", str(fifo)]
+    argv += ["--state-dir", str(progress)] if state_dir else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dyart.cli", *argv], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the JSON is printed before the --output file is opened
+        if line.rstrip() == "}":
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    if state_dir:
+        assert last == (
+            f"stopped: interrupted; the attacks finished so far are kept in {progress}: run "
+            "the same command to resume"
+        )
+    else:
+        assert last.startswith("stopped: interrupted; nothing was kept (give --state-dir")
