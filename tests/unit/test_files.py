@@ -1,6 +1,8 @@
 """Atomic file writes: a failed write leaves the old file whole and no temporary behind."""
 
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 
@@ -54,3 +56,16 @@ def test_file_sha256_streams_files_larger_than_one_chunk(tmp_path):
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_usual_mode_not_0600(tmp_path, umask):
+    before = os.umask(umask)
+    try:
+        path = atomic_write(tmp_path / "model.json", lambda f: f.write(b"{}"))
+        plain = tmp_path / "plain.json"
+        plain.write_bytes(b"{}")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
