@@ -86,9 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="AutoAttack a saved model; prints JSON")
     ev.add_argument("checkpoint", help="model-<kind>.safetensors or its .json card")
     ev.add_argument("--eps", type=float, nargs="+", help="radii (default: the dataset's)")
-    ev.add_argument("--preset", choices=list(catalog.EVAL_PRESETS), default="standard")
+    ev.add_argument(
+        "--preset", choices=list(catalog.EVAL_PRESETS), default="standard",
+        help="AutoAttack preset: standard (the leaderboards' four attacks), custom (apgd-ce, "
+        "apgd-t, fab-t, as the DyART paper ran) or fast (apgd-ce only, for tests; not an "
+        "evaluation); default standard",
+    )  # fmt: skip
     ev.add_argument("--n", type=int, default=1000, help="first N test images (default 1000)")
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument(
+        "--batch-size", type=int, default=500,
+        help="images attacked at once; lower it if the device runs out of memory (default 500)",
+    )  # fmt: skip
     ev.add_argument("--state-dir", help="folder for progress files; a rerun resumes")
     ev.add_argument("--output", help="also write the JSON to this file")
     _add_run_flags(ev)
@@ -221,17 +229,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     with exclusive_use(out, "out", "dyart train"), interrupt.installed():
         summary = trainer.run(stages)
-    _print_summary(summary)
+    _print_summary(summary, _no_results_reason(config, stages))
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _no_results_reason(config: Any, stages: tuple[str, ...]) -> str:
+    """Why a run has no results.json, as the summary says it."""
+    if not config.eval_eps:
+        return "(no evaluation: eval_eps is empty)"
+    if "evaluate" not in stages:
+        return "(no evaluation: the evaluate stage was not run; add it to --stages)"
+    return "(no evaluation)"
+
+
+def _print_summary(summary: dict[str, Any], no_results: str) -> None:
     checkpoints = summary["checkpoints"]
     chosen = next((checkpoints[k] for k in ("best", "final", "burn_in") if k in checkpoints), None)
     if chosen:
         print(f"checkpoint: {chosen}")
         print(f"model card: {Path(chosen).with_suffix('.json')}")
-    print(f"results:    {summary['results'] or '(no evaluation: eval_eps is empty)'}")
+    print(f"results:    {summary['results'] or no_results}")
     evaluation = summary["evaluation"] or {}
     if evaluation:
         grade = (

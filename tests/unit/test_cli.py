@@ -267,3 +267,19 @@ def test_ctrl_c_during_eval_is_one_line_saying_what_is_kept(tmp_path, state_dir)
         )
     else:
         assert last.startswith("stopped: interrupted; nothing was kept (give --state-dir")
+
+
+def test_a_run_whose_stages_leave_out_evaluate_says_so(tmp_path, capsys):
+    assert main(["train", *TINY, "--stages", "burn_in", "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "results:    (no evaluation: the evaluate stage was not run; add it to --stages)" in (
+        printed
+    )
+
+
+def test_eval_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "AutoAttack preset: standard" in text
+    assert "images attacked at once; lower it if the device runs out of memory" in text
