@@ -225,8 +225,8 @@ class EvaluationCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    eps: list[Annotated[float, Field(ge=0.0, le=1.0, strict=True)]] = Field(
-        min_length=1, max_length=MAX_EPS, description="L-inf radii on the pixel scale, in [0, 1]"
+    eps: list[Annotated[float, Field(gt=0.0, le=1.0, strict=True)]] = Field(
+        min_length=1, max_length=MAX_EPS, description="L-inf radii on the pixel scale, in (0, 1]"
     )
     preset: Literal["standard", "custom", "fast"] = "standard"
     n: int = Field(

@@ -95,6 +95,14 @@ def test_the_same_eps_twice_is_refused(client, make_job):
     assert error["field"] == "eps" and "0.1 is given twice" in error["message"]
 
 
+def test_an_eps_of_zero_is_refused_as_a_jobs_eval_eps_is(client, make_job):
+    job = make_job(client, status="succeeded")
+    response = client().post(f"/api/v1/jobs/{job['id']}/evaluations", json={"eps": [0.0, 0.1]})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "eps.0" and "greater than 0" in error["message"], error
+
+
 def test_a_synthetic_dataset_is_never_leaderboard_grade(client, make_job, app):
     job = make_job(client, status="succeeded")
     with app.state.session_factory() as session:
