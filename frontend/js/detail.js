@@ -34,6 +34,47 @@ function config(job) {
     h("pre", {}, JSON.stringify(c, null, 2)));
 }
 
+/** The job's Delete button and its inline confirmation ("Delete this job and its checkpoints?
+ * [Delete] [Keep]"; Escape keeps). Only a finished job can be deleted: otherwise the button is
+ * marked unavailable, as Cancel and Resume are. `deleted()` is called after the server's 204,
+ * `refused(error)` after anything else. -> {button, confirm, update(job)}. */
+function deleteControl(id, { deleted, refused }) {
+  const button = h("button", { type: "button", id: "delete", class: "secondary", "aria-expanded": "false",
+    "aria-controls": "delete-confirm" }, "Delete");
+  const yes = h("button", { type: "button", id: "delete-yes", class: "danger" }, "Delete");
+  const keep = h("button", { type: "button", id: "delete-keep", class: "secondary" }, "Keep");
+  const confirm = h("div", { id: "delete-confirm", class: "confirm", role: "group", "aria-labelledby": "delete-question",
+    hidden: true }, h("span", { id: "delete-question" }, "Delete this job and its checkpoints?"), yes, keep);
+  const ask = (open, focus = true) => {
+    confirm.hidden = !open;
+    button.setAttribute("aria-expanded", String(open));
+    if (focus) (open ? keep : button).focus(); // the safe answer first; Delete is one Shift+Tab away
+  };
+  button.addEventListener("click", () => {
+    if (button.getAttribute("aria-disabled") !== "true") ask(confirm.hidden);
+  });
+  keep.addEventListener("click", () => ask(false));
+  confirm.addEventListener("keydown", (event) => { if (event.key === "Escape") ask(false); });
+  yes.addEventListener("click", async () => {
+    if (yes.getAttribute("aria-disabled") === "true") return;
+    yes.setAttribute("aria-disabled", "true"); // one request at a time
+    try {
+      await api(`/jobs/${id}`, { method: "DELETE" });
+      deleted();
+    } catch (error) {
+      ask(false);
+      refused(error);
+    } finally { yes.removeAttribute("aria-disabled"); }
+  });
+  const update = (job) => {
+    const finished = FINAL.has(job.status);
+    button.setAttribute("aria-disabled", String(!finished));
+    // resumed from elsewhere: nothing left to confirm (focus inside the question goes back to Delete)
+    if (!finished && !confirm.hidden) ask(false, confirm.contains(document.activeElement));
+  };
+  return { button, confirm, update };
+}
+
 function checkpointRow(ck) {
   const out = h("span", { class: "muted", "aria-live": "polite" });
   const buttons = Object.entries(ck.files || {}).map(([format, url]) => h("button", {
@@ -80,12 +121,26 @@ export async function detailPage(main, { parts }) {
   };
   const cancelButton = h("button", { type: "button", id: "cancel", onclick: act("cancel") }, "Cancel");
   const resumeButton = h("button", { type: "button", id: "resume", class: "secondary", onclick: act("resume") }, "Resume");
-  parts$.controls.append(cancelButton, resumeButton, h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
+  const remover = deleteControl(id, {
+    deleted: () => {
+      leave(); // nothing of this job is asked for again: it is gone
+      say(`Job ${job.name || id.slice(0, 8)} deleted.`, "#/jobs");
+      location.hash = "#/jobs";
+    },
+    refused: (error) => {
+      say(`Job not deleted: ${error.message}`);
+      drawEvals().catch(() => {}); // a 409 may be about an evaluation this page has not seen yet
+    },
+  });
+  parts$.controls.append(cancelButton, resumeButton, remover.button,
+    h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
+  parts$.controls.after(remover.confirm);
   function drawJob() {
     parts$.summary.replaceChildren(summary(job));
     cancelButton.setAttribute("aria-disabled", String(FINAL.has(job.status) || !!job.cancel_requested));
     cancelButton.textContent = job.cancel_requested && !FINAL.has(job.status) ? "Cancel requested" : "Cancel";
     resumeButton.setAttribute("aria-disabled", String(!["failed", "canceled"].includes(job.status)));
+    remover.update(job);
   }
   const chartsNow = () => parts$.charts.replaceChildren(metricCharts([{ label: job.name, rows }]));
   const drawCharts = batched(chartsNow);
@@ -173,10 +228,11 @@ export async function detailPage(main, { parts }) {
     streamEnded = false;
     stop = follow(`/jobs/${id}/events`, onEvent, { since: cursor });
   }
-  listen();
-  return () => {
+  function leave() {
     closed = true;
     clearTimeout(pollTimer);
     stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel());
-  };
+  }
+  listen();
+  return leave;
 }
