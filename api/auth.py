@@ -128,5 +128,5 @@ def authenticate(session: Session, header: str | None, required: bool) -> User:
         return local_user(session)
     user = tokens.user_for_token(session, token)
     if user is None:
-        raise AuthMissingError("invalid or revoked token")
+        raise AuthMissingError(tokens.refusal(session, token))
     return user

@@ -4,7 +4,7 @@
     dyart-service migrate
     dyart-service workers                        (which workers are there, on which queue)
     dyart-service admin create-user NAME [--admin]
-    dyart-service admin create-token NAME        (prints the token once)
+    dyart-service admin create-token NAME [--days N]   (prints the token once)
     dyart-service admin revoke-token PREFIX
     dyart-service admin list-users
 
@@ -267,11 +267,16 @@ def create_user(settings: Settings, name: str, is_admin: bool) -> None:
     print(f"created user {name}{' (admin)' if is_admin else ''}")
 
 
-def create_token(settings: Settings, name: str) -> None:
+def create_token(settings: Settings, name: str, days: float | None = None) -> None:
+    from datetime import timedelta
+
     from db import tokens
 
+    if days is not None and not (0 < days <= 36500):
+        raise CliError(f"--days: expected a number of days above 0 (at most 36500), got {days:g}")
     with _session(settings) as session:
-        token = tokens.create_token(session, _user(session, name))
+        lasts = None if days is None else timedelta(days=days)
+        token = tokens.create_token(session, _user(session, name), lasts)
         session.commit()
     print(token)
 
@@ -302,6 +307,7 @@ def revoke_token(settings: Settings, prefix: str | None, user: str | None) -> No
 def list_tokens(settings: Settings, name: str) -> None:
     """A user's tokens: prefix, state, created, last used (the tokens themselves are
     not stored, only their hashes)."""
+    from db import tokens
     from db.models import ApiToken
 
     def when(moment: Any) -> str:
@@ -314,7 +320,14 @@ def list_tokens(settings: Settings, name: str) -> None:
         ).all()
         print("prefix\tstate\tcreated\tlast used")
         for token in rows:
-            state = "active" if token.revoked_at is None else f"revoked {when(token.revoked_at)}"
+            if token.revoked_at is not None:
+                state = f"revoked {when(token.revoked_at)}"
+            elif tokens.is_expired(token):
+                state = f"expired {when(token.expires_at)}"
+            elif token.expires_at is not None:
+                state = f"active until {when(token.expires_at)}"
+            else:
+                state = "active"
             print(f"{token.prefix}\t{state}\t{when(token.created_at)}\t{when(token.last_used_at)}")
 
 
@@ -364,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     user_p = admin.add_parser("create-user", help="add a user")
     user_p.add_argument("name")
     user_p.add_argument("--admin", action="store_true", help="may see every job")
-    admin.add_parser("create-token", help="print a new token for a user (once)").add_argument(
-        "name"
+    token_p = admin.add_parser("create-token", help="print a new token for a user (once)")
+    token_p.add_argument("name")
+    token_p.add_argument(
+        "--days", type=float, help="the token expires after this many days (default: never)"
     )
     revoke_p = admin.add_parser(
         "revoke-token", help="revoke tokens by prefix (see list-tokens), or all of a user's"
@@ -394,7 +409,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     elif args.action == "create-user":
         create_user(settings, args.name, args.admin)
     elif args.action == "create-token":
-        create_token(settings, args.name)
+        create_token(settings, args.name, args.days)
     elif args.action == "revoke-token":
         revoke_token(settings, args.prefix, args.user)
     elif args.action == "list-tokens":

@@ -41,11 +41,18 @@ def create_user(session: Session, name: str, is_admin: bool = False) -> User:
     return user
 
 
-def create_token(session: Session, user: User) -> str:
-    """A new token for ``user``; returns the plaintext, which is never stored."""
+def create_token(session: Session, user: User, lasts: timedelta | None = None) -> str:
+    """A new token for ``user``, valid for ``lasts`` (None: until revoked); returns the
+    plaintext, which is never stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires = None if lasts is None else utcnow() + lasts
     session.add(
-        ApiToken(user_id=user.id, prefix=token[:PREFIX_LENGTH], token_hash=hash_token(token))
+        ApiToken(
+            user_id=user.id,
+            prefix=token[:PREFIX_LENGTH],
+            token_hash=hash_token(token),
+            expires_at=expires,
+        )
     )
     session.flush()
     return token
@@ -109,7 +116,7 @@ def user_for_token(session: Session, token: str) -> User | None:
     Records ``last_used_at`` (committed) at most once a minute per token.
     """
     row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
-    if row is None or row.revoked_at is not None:
+    if row is None or row.revoked_at is not None or is_expired(row):
         return None
     now = utcnow()
     last = as_utc(row.last_used_at)
@@ -117,6 +124,24 @@ def user_for_token(session: Session, token: str) -> User | None:
         row.last_used_at = now
         session.commit()
     return session.get(User, row.user_id)
+
+
+def is_expired(row: ApiToken) -> bool:
+    expires = as_utc(row.expires_at)
+    return expires is not None and expires <= utcnow()
+
+
+def refusal(session: Session, token: str) -> str:
+    """Why ``token`` opens nothing: expired (and when), or unknown or revoked."""
+    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
+    if row is not None and row.revoked_at is None and is_expired(row):
+        when = as_utc(row.expires_at)
+        assert when is not None
+        return (
+            f"token expired on {when:%Y-%m-%d %H:%M} UTC: ask an admin for a new one "
+            "(dyart-service admin create-token)"
+        )
+    return "invalid or revoked token"
 
 
 authenticate = user_for_token

@@ -4,6 +4,7 @@ embedded no-auth mode acts as the admin "local"; the admin CLI makes tokens."""
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,34 @@ def test_a_lost_token_is_found_by_its_user_and_revoked_with_the_others(settings,
     assert _cli(settings, "admin", "list-tokens", "erin").stdout.count("revoked ") == 2
     neither = _cli(settings, "admin", "revoke-token")
     assert neither.returncode == 1 and "give a token prefix or --user NAME" in neither.stderr
+
+
+def test_a_token_made_to_expire_works_until_then_and_then_says_it_expired(
+    settings, client, session_factory
+):
+    from db.models import ApiToken
+
+    assert _cli(settings, "admin", "create-user", "gina").returncode == 0
+    bad = _cli(settings, "admin", "create-token", "gina", "--days", "0")
+    assert bad.returncode == 1
+    assert "--days: expected a number of days above 0 (at most 36500), got 0" in bad.stderr
+    made = _cli(settings, "admin", "create-token", "gina", "--days", "30")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    gina = client(headers={"Authorization": f"Bearer {token}"})
+    assert gina.get("/api/v1/me").json()["name"] == "gina"
+    [row] = _cli(settings, "admin", "list-tokens", "gina").stdout.strip().splitlines()[1:]
+    assert row.split("\t")[1].startswith("active until ")
+    with session_factory() as session:  # 30 days later
+        session.query(ApiToken).update({"expires_at": datetime.now(UTC) - timedelta(minutes=1)})
+        session.commit()
+    expired = gina.get("/api/v1/me")
+    assert expired.status_code == 401
+    detail = expired.json()["detail"]
+    assert detail.startswith("token expired on ") and detail.endswith(
+        " UTC: ask an admin for a new one (dyart-service admin create-token)"
+    ), detail
+    [row] = _cli(settings, "admin", "list-tokens", "gina").stdout.strip().splitlines()[1:]
+    assert row.split("\t")[1].startswith("expired ")
+    unknown = client(headers={"Authorization": "Bearer dyart_nothing"}).get("/api/v1/me")
+    assert unknown.json() == {"detail": "invalid or revoked token"}
