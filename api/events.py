@@ -46,12 +46,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import database_down
-from db.models import Job, JobLog, JobMetric
+from db.models import PENDING_STATUSES, Job, JobLog, JobMetric
 
 log = logging.getLogger("api.events")
 
 FINAL = ("succeeded", "failed", "canceled")
-PENDING_EVALUATION = ("queued", "running")
 KEEPALIVE_SECONDS = 15.0
 ACCESS_RECHECK_SECONDS = 10.0  # a revoked token's open stream ends within about this
 # Fields that change on every read of a running job; not a reason to emit ``job``.
@@ -107,7 +106,7 @@ class Snapshot:
             return True
         if self.more_logs:  # a final job's stream ends with its last log line, not before
             return False
-        pending = any(e["status"] in PENDING_EVALUATION for e in self.evaluations)
+        pending = any(e["status"] in PENDING_STATUSES for e in self.evaluations)
         return self.job["status"] in FINAL and not pending
 
 

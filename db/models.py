@@ -38,6 +38,7 @@ NAMING_CONVENTION = {
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 FINAL_STATUSES = ("succeeded", "failed", "canceled")
+PENDING_STATUSES = ("queued", "running")  # a job or an evaluation not ended yet
 STAGES = ("burn_in", "train", "evaluate")
 CHECKPOINT_KINDS = ("latest", "best", "final", "burn_in")
 

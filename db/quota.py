@@ -7,25 +7,23 @@ job: its row has no lease owner of its own while it runs).
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from db.models import Evaluation, Job, User
-
-ACTIVE_JOBS = ("queued", "running")
+from db.locks import hold_row
+from db.models import PENDING_STATUSES, Evaluation, Job, User
 
 
 def active_work(session: Session, user_id: str) -> int:
     """The user's queued and running jobs and requested evaluations.
 
-    Writes the user's row first (a no-op UPDATE) to hold its lock until the caller's
-    commit: Postgres's row lock, SQLite's database write lock (a ``SELECT ... FOR
-    UPDATE`` locks nothing there). So two requests of one user at once are counted one
-    after the other, and the limit holds exactly.
+    Holds the user's row first (:func:`db.locks.hold_row`) until the caller's commit,
+    so two requests of one user at once are counted one after the other, and the
+    limit holds exactly.
     """
-    session.execute(update(User).where(User.id == user_id).values(name=User.name))
+    hold_row(session, User, user_id)
     jobs = session.scalar(
-        select(func.count()).where(Job.owner_id == user_id, Job.status.in_(ACTIVE_JOBS))
+        select(func.count()).where(Job.owner_id == user_id, Job.status.in_(PENDING_STATUSES))
     )
     evaluations = session.scalar(
         select(func.count())

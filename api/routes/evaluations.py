@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.celery_client import RUN_EVALUATION, send_task
@@ -12,13 +12,11 @@ from api.errors import ResourceNotFoundError, StateConflictError
 from api.routes import API_PREFIX, AUTHED_ERRORS, error_responses
 from api.schemas import EpsResult, EvaluationCreate, EvaluationPublic, EvaluationsPage
 from db import evaluations
-from db.models import FINAL_STATUSES, Checkpoint, Evaluation, Job, utcnow
+from db.locks import hold_row
+from db.models import FINAL_STATUSES, PENDING_STATUSES, Checkpoint, Evaluation, Job, utcnow
 from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["evaluations"], responses=AUTHED_ERRORS)
-
-
-PENDING = ("queued", "running")
 
 
 def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
@@ -105,14 +103,12 @@ def create_evaluation(
     full = card.test_size if card is not None else None
     n = min(body.n, full) if full is not None else body.n
     # one request at a time per job, so two identical requests sent at once make one
-    # evaluation: a no-op UPDATE holds the job row's lock on Postgres and the write
-    # lock on SQLite (where SELECT ... FOR UPDATE locks nothing) until the commit
-    session.execute(update(Job).where(Job.id == job.id).values(name=Job.name))
+    hold_row(session, Job, job.id)
     same = session.scalars(
         select(Evaluation).where(
             Evaluation.job_id == job.id,
             Evaluation.checkpoint_kind == checkpoint.kind,
-            Evaluation.status.in_(PENDING),
+            Evaluation.status.in_(PENDING_STATUSES),
             Evaluation.cancel_requested.is_(False),
             Evaluation.checkpoint_sha256 == checkpoint.sha256,
             Evaluation.preset == body.preset,
@@ -154,7 +150,7 @@ def cancel_evaluation(evaluation_id: str, job: OwnedJob, session: SessionDep) ->
     evaluation = session.get(Evaluation, evaluation_id) if _ID.fullmatch(evaluation_id) else None
     if evaluation is None or evaluation.job_id != job.id:
         raise ResourceNotFoundError("evaluation", evaluation_id)
-    if evaluation.status not in PENDING:
+    if evaluation.status not in PENDING_STATUSES:
         raise StateConflictError(
             f"evaluation {evaluation.id} is already {evaluation.status}; nothing to cancel"
         )

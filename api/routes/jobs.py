@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,12 +29,12 @@ from api.schemas import (
     validate_job_create,
 )
 from db import jobs as job_states
-from db.models import JOB_STATUSES, Evaluation, Job, JobLog, JobMetric, User
+from db.locks import hold_row
+from db.models import JOB_STATUSES, PENDING_STATUSES, Evaluation, Job, JobLog, JobMetric, User
 from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
 FINAL = ("succeeded", "failed", "canceled")
-PENDING = ("queued", "running")  # an evaluation's states before it ends
 log = logging.getLogger("api.jobs")
 METRIC_FIELDS = tuple(MetricPublic.model_fields)
 MAX_OFFSET = 2**63 - 1  # the largest OFFSET both databases accept
@@ -344,16 +344,17 @@ def delete_job(job: OwnedJob, session: SessionDep, request: Request) -> Response
     files in the artifact store. A queued or running job, or one with an evaluation
     queued or running, is a 409: cancel it first. A job that reused this one's burn-in
     keeps its own copy."""
-    # the row's lock until the commit (a no-op UPDATE: SQLite honours it too), so a
-    # resume or an evaluation request cannot slip in between the check and the delete
-    session.execute(update(Job).where(Job.id == job.id).values(name=Job.name))
+    # a resume or an evaluation request cannot slip in between the check and the delete
+    hold_row(session, Job, job.id)
     session.refresh(job)
     if job.status not in FINAL:
         raise StateConflictError(
             f"job {job.id} is {job.status}; cancel it first, then delete it once it ends"
         )
     pending = session.scalar(
-        select(func.count()).where(Evaluation.job_id == job.id, Evaluation.status.in_(PENDING))
+        select(func.count()).where(
+            Evaluation.job_id == job.id, Evaluation.status.in_(PENDING_STATUSES)
+        )
     )
     if pending:
         raise StateConflictError(
