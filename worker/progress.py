@@ -258,20 +258,21 @@ class DbCallback(Callback):
             self._log(session, f"evaluation done: {evaluation.results}")
             session.commit()
 
-    def _alive(self) -> None:
+    def _alive(self) -> float:
+        """Stamp the trainer as alive now; returns now."""
         now = time.monotonic()
         if self.alive_at is not None:
             self.longest_gap = max(self.longest_gap or 0.0, now - self.alive_at)
         self.alive_at = now
+        return now
 
     def should_stop(self) -> bool:
-        self._alive()
+        now = self._alive()
         if self.lease_lost.is_set():
             raise LeaseLostError(f"job {self.job_id}: lease lost")
         if self.shutdown.is_set():
             self.handing_over = True  # the trainer saves its state, then stops
             return True
-        now = time.monotonic()
         if not self._cancel and now - self._polled >= self.poll_seconds:
             self._polled = now
             with self.factory() as session:
