@@ -439,6 +439,7 @@ METHODS: dict[str, MethodCard] = {
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 NORMS = ("bn", "gn")
+PRECISIONS = ("fp32", "bf16")
 EVAL_PRESETS = ("standard", "custom", "fast")
 ONECYCLE_MIN_EPOCHS = 3  # fewer, and the per-epoch onecycle spends them at a tiny lr
 MAX_EPS = 20  # the most eps one AutoAttack run takes (a job's eval_eps, an evaluation's eps)
@@ -494,6 +495,14 @@ TRAIN_PARAMS: dict[str, Param] = {
         ),
         Param(
             "extra_data_frac", "float", 0.0, "fraction of each batch from generated data", 0.0, 0.95
+        ),
+        Param(
+            "precision",
+            "choice",
+            "fp32",
+            "arithmetic of the training steps: fp32, or bf16 autocast (GPUs with bf16 tensor "
+            "cores); validation and AutoAttack always run in fp32",
+            choices=PRECISIONS,
         ),
     )
 }

@@ -95,6 +95,7 @@ class TrainConfig:
     eval_eps: list[float] = field(default_factory=list)
     eval_n: int = 1000
     extra_data_frac: float = 0.0
+    precision: str = "fp32"
 
     @classmethod
     def from_dict(
@@ -149,5 +150,6 @@ class TrainConfig:
             "burn_in_epochs",
             "burn_in_lr",
             "ema_decay",
+            "precision",
         )
         return {k: getattr(self, k) for k in keys}

@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -323,14 +324,11 @@ class Trainer:
         total_steps = run.epochs * len(run.loader)
         for x, y in _progress(run, iter(run.loader)):
             run.method.progress = (run.step + 1) / total_steps  # for an eps warm-up
-            loss, metrics = run.method(run.model, x, y)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if run.grad_clip > 0:
-                nn.utils.clip_grad_norm_(run.model.parameters(), run.grad_clip)
-            run.optimizer.step()
+            loss, metrics = train_step(
+                run.model, run.method, run.optimizer, run.ema, x, y,
+                grad_clip=run.grad_clip, precision=self.config.precision,
+            )  # fmt: skip
             run.schedule.step_batch()
-            run.ema.update(run.model)
             sums.add(loss, metrics, run.step)
             run.step += 1
             run.batch += 1
@@ -658,6 +656,32 @@ class Trainer:
             "results": str(results) if results.is_file() else None,
             "evaluation": json.loads(results.read_text()) if results.is_file() else None,
         }
+
+
+def train_step(
+    model: nn.Module,
+    method: Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    ema: EMA,
+    x: Tensor,
+    y: Tensor,
+    *,
+    grad_clip: float = 0.0,
+    precision: str = "fp32",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimizer step: the method's loss (its forward and backward passes, the
+    attack's or boundary search's included, under bf16 autocast when ``precision`` is
+    ``bf16``), then gradient-norm clipping (``grad_clip`` > 0), the optimizer and the
+    EMA update. Returns the loss and the method's metrics, still on the device."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss, metrics = method(model, x, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    ema.update(model)
+    return loss, metrics
 
 
 def resolve_device(device: str) -> torch.device:

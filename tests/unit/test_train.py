@@ -10,10 +10,14 @@ from safetensors.torch import load_file
 import dyart
 from dyart.callbacks import ROW_KEYS, Callback
 from dyart.config import TrainConfig
+from dyart.ema import EMA
 from dyart.errors import CheckpointError, ConfigError, NonFiniteLossError
+from dyart.methods import get_method
 from dyart.methods.clean import Clean
 from dyart.methods.pgd_at import PGDAT
-from dyart.train import Trainer
+from dyart.models import build_model
+from dyart.schedule import build_optimizer
+from dyart.train import Trainer, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -370,3 +374,71 @@ def test_the_console_says_where_a_run_resumes_and_when_it_is_complete(tmp_path, 
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path}: the run is already complete (burn_in, train, evaluate done); nothing to do"
     ]
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_a_step_runs_every_pass_of_the_method_in_its_precision(precision, dtype):
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    seen = []
+    model.get_submodule(_first_linear(model)).register_forward_hook(
+        lambda _m, _i, out: seen.append(out.dtype)
+    )
+    method = get_method("dyart", dataset="synthetic", iterations=2)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ema = EMA(model, decay=0.9, total_steps=10)
+    x = torch.rand(32, 1, 8, 8)
+    with torch.no_grad():
+        model.net[-1].weight.mul_(50)  # clear margins: every point correct for the search
+        y = model(x).argmax(1)
+    seen.clear()
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, metrics = train_step(
+        model, method, optimizer, ema, x, y, grad_clip=1.0, precision=precision
+    )
+
+    assert len(seen) > 3 and set(seen) == {dtype}  # the search's passes and the loss's
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert metrics["frac_correct"].item() > 0.5  # the search ran on most points
+    for new in model.parameters():
+        assert new.dtype == torch.float32  # the weights stay fp32; only the arithmetic changes
+    assert any(not torch.equal(o, n) for o, n in zip(before, model.parameters(), strict=True))
+
+
+def _first_linear(model):
+    return next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_a_bf16_run_trains_in_bf16_validates_in_fp32_and_records_it(tmp_path, monkeypatch):
+    import dyart.train as train_module
+
+    precisions = []
+    real_step = train_module.train_step
+
+    def recording_step(*args, **kwargs):
+        precisions.append(kwargs["precision"])
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        precisions.clear()
+        recorder = Recorder()
+        config = _config(epochs=1, eval_eps=[], precision=precision)
+        Trainer(config, tmp_path / precision, device="cpu", callbacks=[recorder]).run()
+        assert set(precisions) == {precision} and len(precisions) >= 2  # burn-in and train
+        rows = [row for _, _, row in recorder.of("epoch")]
+        assert all(math.isfinite(r["train_loss"]) and r["val_clean_acc"] is not None for r in rows)
+        card = json.loads((tmp_path / precision / "model-best.json").read_text())
+        assert card["config"]["precision"] == precision
+        outs[precision] = load_file(tmp_path / precision / "model-best.safetensors")
+    assert outs["fp32"].keys() == outs["bf16"].keys()
+    assert any(not torch.equal(outs["fp32"][k], outs["bf16"][k]) for k in outs["fp32"])
+    assert all(t.dtype == torch.float32 for t in outs["bf16"].values() if t.is_floating_point())
+
+
+def test_precision_is_part_of_the_burn_in_key_and_checked():
+    assert _config().burn_in_key()["precision"] == "fp32"
+    assert _config(precision="bf16").burn_in_key() != _config().burn_in_key()
+    with pytest.raises(ConfigError, match=r"precision.*fp16.*fp32, bf16"):
+        _config(precision="fp16")

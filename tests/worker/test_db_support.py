@@ -140,6 +140,22 @@ def test_burn_in_reuse_needs_an_equal_key_and_the_file(db_session, tmp_path):
     assert other.id != source.id
 
 
+def test_a_job_stored_before_a_setting_existed_counts_as_its_default(db_session, tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    owner = tokens.create_user(db_session, "ann")
+    key = {"dataset": "digits", "architecture": "mlp", "burn_in_epochs": 1}
+    older = _job_with_burn_in(db_session, store, owner, dict(key))  # no "precision" in it
+    asking = Job(owner_id=owner.id, method="dyart", dataset="digits", config=key)
+    db_session.add(asking)
+    db_session.flush()
+    fp32 = find_reusable_burn_in(db_session, asking.id, {**key, "precision": "fp32"}, store.resolve)
+    assert fp32 is not None and fp32[0] == older.id
+    bf16 = {**key, "precision": "bf16"}
+    assert find_reusable_burn_in(db_session, asking.id, bf16, store.resolve) is None
+    newer = _job_with_burn_in(db_session, store, owner, bf16)
+    assert find_reusable_burn_in(db_session, asking.id, bf16, store.resolve)[0] == newer.id
+
+
 def test_artifact_store_refuses_paths_outside_it(tmp_path):
     store = ArtifactStore(tmp_path / "a")
     (tmp_path / "a").mkdir()
