@@ -24,21 +24,45 @@ def test_one_epoch_counts_every_pass_and_writes_the_table(tmp_path):
     results = tmp_path / "gpu.md"
     argv = [
         "--device", "cpu", "--arch", "wide_resnet_16_4_silu", "--n", "64",
-        "--batch-size", "16", "--iterations", "2", "--dtype", "fp32",
+        "--batch-size", "16", "--iterations", "2", "--runs", "fp32", "bf16+cl",
         "--warmup-steps", "1", "--count-steps", "1", "--peak-tflops", "2",
         "--results", str(results),
     ]  # fmt: skip
-    row = gpu_epoch.main(argv)
+    fp32, bf16 = gpu_epoch.main(argv)
 
     model = build_model("wide_resnet_16_4_silu", num_classes=10, in_channels=3, image_size=32)
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(16, 3, 32, 32))
     forward = counter.get_total_flops() / 1e12
-    # a clean step alone is forward + backward (3 forwards); DyART adds the search
-    assert row["tflop_per_step"] > 3 * forward * 1.5
-    assert (row["steps"], row["images"]) == (4, 64)
-    assert row["searched"] > 0.5  # labels the search sees as correct: it runs on most points
-    assert row["fraction"] == row["achieved_tflops"] / 2
+    for row in (fp32, bf16):
+        # a clean step alone is forward + backward (3 forwards); DyART adds the search
+        assert row["tflop_per_step"] > 3 * forward * 1.5
+        assert (row["steps"], row["timed_steps"], row["images"]) == (4, 4, 64)
+        # the labels are the model's own predictions on each augmented batch, and the
+        # weights stay put: the search runs on (nearly) every point
+        assert row["searched"] > 0.9
+        assert row["fraction"] == row["achieved_tflops"] / 2
+    assert (fp32["precision"], fp32["channels_last"]) == ("fp32", False)
+    assert (bf16["precision"], bf16["channels_last"]) == ("bf16", True)
     text = results.read_text()
-    assert "| seconds per epoch |" in text
-    assert f"{row['seconds']:.1f}" in text
+    assert "| run | seconds per epoch |" in text
+    assert f"| fp32 | {fp32['seconds']:.1f} |" in text
+    assert f"| bf16 autocast, channels-last | {bf16['seconds']:.1f} |" in text
+
+
+def test_a_partial_epoch_is_scaled_and_says_so(tmp_path):
+    results = tmp_path / "gpu.md"
+    argv = [
+        "--device", "cpu", "--arch", "mlp", "--n", "64", "--batch-size", "16",
+        "--iterations", "1", "--runs", "fp32", "--steps", "2", "--warmup-steps", "1",
+        "--count-steps", "1", "--results", str(results),
+    ]  # fmt: skip
+    (row,) = gpu_epoch.main(argv)
+    assert (row["steps"], row["timed_steps"]) == (4, 2)
+    assert "timed over its epoch's first 2 of 4 steps and scaled" in results.read_text()
+
+
+def test_a_bad_run_names_what_it_expected(capsys):
+    with pytest.raises(SystemExit):
+        gpu_epoch.parse_args(["--runs", "fp16"])
+    assert "'fp16': expected a precision (fp32, bf16), optionally +cl" in capsys.readouterr().err
