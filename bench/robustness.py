@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from dyart import catalog
 from dyart.checkpoint import file_sha256, load_model
 from dyart.config import TrainConfig
 from dyart.data import load_dataset
@@ -201,8 +202,10 @@ def _set_aside(out: Path) -> None:
 
 
 def _training_part(config: dict) -> dict:
-    """The fields that decide what was trained (not how it is evaluated)."""
-    return {k: v for k, v in config.items() if not k.startswith("eval_")}
+    """The fields that decide what was trained (not how it is evaluated); a model
+    trained before a setting existed was trained with its default."""
+    full = catalog.with_new_defaults(config)
+    return {k: v for k, v in full.items() if not k.startswith("eval_")}
 
 
 def evaluate_method(args: argparse.Namespace, row: dict, eps: float, limit: int) -> None:

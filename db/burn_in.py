@@ -50,7 +50,8 @@ def find_reusable_burn_in(
         .order_by(Checkpoint.created_at.desc())
     )
     for source_id, config, weights in rows:
-        if {k: _setting(config or {}, k) for k in burn_in_key} != burn_in_key:
+        stored = catalog.with_new_defaults(config or {})
+        if {k: stored.get(k) for k in burn_in_key} != burn_in_key:
             continue
         try:
             state = resolve(weights).with_name(BURN_IN_STATE)
@@ -59,12 +60,3 @@ def find_reusable_burn_in(
         if state.is_file():
             return source_id, state
     return None
-
-
-def _setting(config: dict[str, Any], name: str) -> Any:
-    """``config``'s value of ``name``; a job stored before the setting existed ran with
-    its default."""
-    if name in config:
-        return config[name]
-    param = catalog.TRAIN_PARAMS.get(name)
-    return param.default if param is not None else None

@@ -508,6 +508,12 @@ TRAIN_PARAMS: dict[str, Param] = {
 }
 
 
+def with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A run config stored earlier, with the default of every setting added since: a
+    run made before a setting existed ran with its default."""
+    return {**{n: p.default for n, p in TRAIN_PARAMS.items() if n not in stored}, **stored}
+
+
 def leaderboard_grade(dataset: str, preset: str, n: int) -> bool:
     """Whether an AutoAttack result may stand beside published numbers: the standard
     preset on the dataset's whole published test set, nothing less."""

@@ -544,7 +544,7 @@ class Trainer:
             log.warning("%s", self.fallback)
             state = checkpoint.load_training_state(self.previous_state_path)
             self.resumed_from = self.previous_state_path
-        saved = json.loads(state["config"])
+        saved = catalog.with_new_defaults(json.loads(state["config"]))
         changed = sorted(k for k, v in self.config.to_dict().items() if saved.get(k) != v)
         if changed:
             raise CheckpointError(

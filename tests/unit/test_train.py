@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import dyart
+from dyart import checkpoint
 from dyart.callbacks import ROW_KEYS, Callback
 from dyart.config import TrainConfig
 from dyart.ema import EMA
@@ -376,10 +377,19 @@ def test_the_console_says_where_a_run_resumes_and_when_it_is_complete(tmp_path, 
     ]
 
 
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
-def test_a_step_runs_every_pass_of_the_method_in_its_precision(precision, dtype):
+def test_a_step_runs_every_pass_of_the_method_in_its_precision(precision, dtype, device):
     torch.manual_seed(0)
-    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8).to(device)
     seen = []
     model.get_submodule(_first_linear(model)).register_forward_hook(
         lambda _m, _i, out: seen.append(out.dtype)
@@ -387,7 +397,7 @@ def test_a_step_runs_every_pass_of_the_method_in_its_precision(precision, dtype)
     method = get_method("dyart", dataset="synthetic", iterations=2)
     optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
     ema = EMA(model, decay=0.9, total_steps=10)
-    x = torch.rand(32, 1, 8, 8)
+    x = torch.rand(32, 1, 8, 8, device=device)
     with torch.no_grad():
         model.net[-1].weight.mul_(50)  # clear margins: every point correct for the search
         y = model(x).argmax(1)
@@ -409,24 +419,31 @@ def _first_linear(model):
     return next(name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))
 
 
-def test_a_bf16_run_trains_in_bf16_validates_in_fp32_and_records_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_bf16_run_trains_in_bf16_validates_in_fp32_and_records_it(device, tmp_path, monkeypatch):
     import dyart.train as train_module
 
-    precisions = []
-    real_step = train_module.train_step
+    precisions, validated_under_autocast = [], []
+    real_step, real_validate = train_module.train_step, Trainer._validate
 
     def recording_step(*args, **kwargs):
         precisions.append(kwargs["precision"])
         return real_step(*args, **kwargs)
 
+    def recording_validate(self, model, epoch):
+        validated_under_autocast.append(torch.is_autocast_enabled(device))
+        return real_validate(self, model, epoch)
+
     monkeypatch.setattr(train_module, "train_step", recording_step)
+    monkeypatch.setattr(Trainer, "_validate", recording_validate)
     outs = {}
     for precision in ("fp32", "bf16"):
         precisions.clear()
         recorder = Recorder()
         config = _config(epochs=1, eval_eps=[], precision=precision)
-        Trainer(config, tmp_path / precision, device="cpu", callbacks=[recorder]).run()
+        Trainer(config, tmp_path / precision, device=device, callbacks=[recorder]).run()
         assert set(precisions) == {precision} and len(precisions) >= 2  # burn-in and train
+        assert validated_under_autocast and not any(validated_under_autocast)
         rows = [row for _, _, row in recorder.of("epoch")]
         assert all(math.isfinite(r["train_loss"]) and r["val_clean_acc"] is not None for r in rows)
         card = json.loads((tmp_path / precision / "model-best.json").read_text())
@@ -442,3 +459,23 @@ def test_precision_is_part_of_the_burn_in_key_and_checked():
     assert _config(precision="bf16").burn_in_key() != _config().burn_in_key()
     with pytest.raises(ConfigError, match=r"precision.*fp16.*fp32, bf16"):
         _config(precision="fp16")
+
+
+def test_a_state_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    config = _config(epochs=1, eval_eps=[])
+    Trainer(config, tmp_path, device="cpu").run(("burn_in",))
+    latest = tmp_path / "state" / "latest.pt"
+    state = checkpoint.load_training_state(latest)
+    older = json.loads(state["config"])
+    del older["precision"]  # as a run saved before precision existed
+    state["config"] = json.dumps(older)
+    checkpoint.save_training_state(latest, state)
+
+    recorder = Recorder()
+    Trainer(config, tmp_path, device="cpu", callbacks=[recorder]).run(("burn_in", "train"))
+    assert [stage for stage, _, _ in recorder.of("epoch")] == ["train"]
+
+    state["config"] = json.dumps({**older, "precision": "bf16"})
+    checkpoint.save_training_state(latest, state)
+    with pytest.raises(CheckpointError, match=r"different config \(fields precision\)"):
+        Trainer(config, tmp_path, device="cpu").run(("burn_in", "train"))
