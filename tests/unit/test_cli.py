@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,95 @@ def test_eval_help_explains_every_flag(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "AutoAttack preset: standard" in text
     assert "images attacked at once; lower it if the device runs out of memory" in text
+
+
+def _train_process(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dyart.cli", "train", *argv], env=env, cwd=cwd,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _read_until(proc: subprocess.Popen, start: str) -> list[str]:
+    """The stderr lines up to the first that starts with ``start``."""
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith(start):
+            return lines
+    raise AssertionError(f"the process ended before printing {start!r}: {''.join(lines)}")
+
+
+def test_ctrl_c_in_training_saves_and_stops_and_the_same_command_resumes(tmp_path, caplog):
+    import logging
+    import signal
+
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", "synthetic", "--architecture", "small_cnn", "--method", "pgd_at",
+        "--epochs", "8", "--burn-in-epochs", "0", "--batch-size", "64",
+        "--schedule", "constant", "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps",
+        "--hparam", "steps=200", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    proc = _train_process(argv, tmp_path)
+    _read_until(proc, "train: 8 epochs of 5 steps")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "stopping after this step (Ctrl-C again to abort)..." in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"stopped: stopped at train epoch [1-8] step \d+; state saved to {out}/state/latest.pt "
+        r"\(run again with the same out_dir to resume\)",
+        last,
+    ), last
+    stopped_at = int(re.search(r"epoch (\d)", last).group(1))
+    metrics = out / "metrics.jsonl"  # a row per finished epoch
+    rows_before = (
+        [json.loads(line) for line in metrics.read_text().splitlines()]
+        if (metrics.is_file())
+        else []
+    )
+    assert [r["epoch"] for r in rows_before] == list(range(1, stopped_at))
+
+    caplog.set_level(logging.INFO, logger="dyart")
+    assert main(["train", *argv]) == 0  # the same command: resumes where it stopped
+    step = int(re.search(r"step (\d+);", last).group(1))
+    resumed = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming train")
+    ]
+    assert len(resumed) == 1 and resumed[0].startswith(
+        f"resuming train at epoch {stopped_at} of 8, after step {step}"
+    ), resumed
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [("train", e) for e in range(1, 9)]
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_saved_state(tmp_path):
+    import signal
+
+    from dyart import checkpoint
+
+    out = tmp_path / "run"
+    argv = [
+        "--dataset", "mnist10k", "--architecture", "preact_resnet18", "--method", "pgd_at",
+        "--epochs", "1", "--burn-in-epochs", "0", "--batch-size", "64",
+        "--schedule", "constant", "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps",
+        "--hparam", "steps=10", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    proc = _train_process(argv, tmp_path)  # a step takes seconds: both Ctrl-Cs land in one
+    _read_until(proc, "train: 1 epochs of")
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc, "stopping after this step (Ctrl-C again to abort)...")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped: aborted; {out}/state keeps the state saved at the last epoch end: run the "
+        "same command to resume from it"
+    )
+    state = checkpoint.load_training_state(out / "state" / "latest.pt")  # whole, not cut short
+    assert state["done"] == ["burn_in"] and state["run"] is None
