@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, literal, or_, select, update
+from sqlalchemy import case, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -393,7 +393,19 @@ def _number(value: Any) -> float | None:
 
 
 def add_log(session: Session, job_id: str, message: str, level: str = "INFO") -> JobLog:
-    """Append a line to the job's log."""
+    """Append a line to the job's log.
+
+    A reader follows a log by line id (``GET /jobs/{id}/log?after=``). On Postgres an
+    id is drawn when the line is inserted, and two transactions can commit in the
+    other order: the reader would see the later id first and pass over the earlier
+    line for good. So the lines of one job are written one transaction at a time,
+    under a transaction-scoped advisory lock on the job (SQLite writes one at a time
+    anyway): a job's lines become visible in id order.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"job-log:{job_id}"}
+        )
     line = JobLog(job_id=job_id, level=level, message=message)
     session.add(line)
     session.flush()

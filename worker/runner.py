@@ -206,6 +206,9 @@ class StallWatchdog:
         log.error("job %s: %s", self.job_id, reason)
         try:
             with self.factory() as session:
+                if session.get_bind().dialect.name == "postgresql":
+                    # a writer hung while holding the job's log lock must not hold the exit
+                    session.execute(text("SET LOCAL lock_timeout = '5s'"))
                 jobs.add_log(session, self.job_id, reason, "ERROR")
                 session.commit()
         except Exception:  # the exit matters more than the line

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from db import tokens
 from db.burn_in import find_reusable_burn_in
 from db.models import ApiToken, Checkpoint, Job, JobLog
 from db.settings import Settings, settings_table_markdown
+from tests.conftest import BACKEND
 from worker.artifacts import ArtifactPathError, ArtifactStore, file_sha256
 
 
@@ -225,3 +226,52 @@ def test_a_burn_in_found_by_its_config_but_made_on_another_split_is_not_reused(
     )
     assert any(m.startswith(refused) for m in logs), logs
     assert not any(str(tmp_path) in m for m in logs), logs  # no server path in the log
+
+
+@pytest.mark.skipif(BACKEND != "postgres", reason="SQLite writes one transaction at a time")
+def test_a_jobs_log_lines_become_visible_in_id_order(session_factory):
+    """A line written while an earlier one is still uncommitted waits for it, so a
+    reader following the log by id never passes over a line committed late."""
+    import threading
+
+    from db.jobs import add_log
+
+    with session_factory() as setup:
+        owner = tokens.create_user(setup, "ann")
+        job = Job(owner_id=owner.id, method="dyart", dataset="digits", config={})
+        setup.add(job)
+        setup.commit()
+        job_id = job.id
+
+    first = session_factory()
+    add_log(first, job_id, "first")  # inserted, not committed
+    done = threading.Event()
+
+    def second_writer() -> None:
+        with session_factory() as second:
+            add_log(second, job_id, "second")
+            second.commit()
+        done.set()
+
+    writer = threading.Thread(target=second_writer)
+    writer.start()
+    with session_factory() as reader:
+        while not reader.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar():  # the second writer is waiting on the first (no clock involved)
+            reader.rollback()
+            assert not done.is_set(), "the second line was committed before the first"
+        visible = reader.scalars(select(JobLog.message).where(JobLog.job_id == job_id)).all()
+        assert visible == []  # a follower sees neither yet, not "second" alone
+    first.commit()
+    first.close()
+    writer.join(timeout=60)
+    assert done.is_set()
+    with session_factory() as reader:
+        lines = reader.execute(
+            select(JobLog.id, JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
+        ).all()
+    assert [m for _, m in lines] == ["first", "second"]
