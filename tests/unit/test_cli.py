@@ -294,6 +294,16 @@ def _train_process(argv: list[str], cwd: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def _pgd_at_argv(dataset: str, arch: str, epochs: int, steps: int, out: Path) -> list[str]:
+    """``dyart train`` flags of a PGD-AT run with no burn-in and no evaluation."""
+    return [
+        "--dataset", dataset, "--architecture", arch, "--method", "pgd_at",
+        "--epochs", str(epochs), "--burn-in-epochs", "0", "--batch-size", "64",
+        "--schedule", "constant", "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps",
+        "--hparam", f"steps={steps}", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+
+
 def _read_until(proc: subprocess.Popen, start: str) -> list[str]:
     """The stderr lines up to the first that starts with ``start``."""
     assert proc.stderr is not None
@@ -310,12 +320,7 @@ def test_ctrl_c_in_training_saves_and_stops_and_the_same_command_resumes(tmp_pat
     import signal
 
     out = tmp_path / "run"
-    argv = [
-        "--dataset", "synthetic", "--architecture", "small_cnn", "--method", "pgd_at",
-        "--epochs", "8", "--burn-in-epochs", "0", "--batch-size", "64",
-        "--schedule", "constant", "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps",
-        "--hparam", "steps=200", "--device", "cpu", "--out", str(out),
-    ]  # fmt: skip
+    argv = _pgd_at_argv("synthetic", "small_cnn", epochs=8, steps=200, out=out)
     proc = _train_process(argv, tmp_path)
     _read_until(proc, "train: 8 epochs of 5 steps")
     proc.send_signal(signal.SIGINT)
@@ -331,9 +336,7 @@ def test_ctrl_c_in_training_saves_and_stops_and_the_same_command_resumes(tmp_pat
     stopped_at = int(re.search(r"epoch (\d)", last).group(1))
     metrics = out / "metrics.jsonl"  # a row per finished epoch
     rows_before = (
-        [json.loads(line) for line in metrics.read_text().splitlines()]
-        if (metrics.is_file())
-        else []
+        [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
     )
     assert [r["epoch"] for r in rows_before] == list(range(1, stopped_at))
 
@@ -356,12 +359,7 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_saved_state(tmp_path)
     from dyart import checkpoint
 
     out = tmp_path / "run"
-    argv = [
-        "--dataset", "mnist10k", "--architecture", "preact_resnet18", "--method", "pgd_at",
-        "--epochs", "1", "--burn-in-epochs", "0", "--batch-size", "64",
-        "--schedule", "constant", "--val-size", "64", "--val-pgd-steps", "2", "--eval-eps",
-        "--hparam", "steps=10", "--device", "cpu", "--out", str(out),
-    ]  # fmt: skip
+    argv = _pgd_at_argv("mnist10k", "preact_resnet18", epochs=1, steps=10, out=out)
     proc = _train_process(argv, tmp_path)  # a step takes seconds: both Ctrl-Cs land in one
     _read_until(proc, "train: 1 epochs of")
     proc.send_signal(signal.SIGINT)
