@@ -87,6 +87,7 @@ def describe_end(client: DemoClient, job: dict[str, Any], artifacts: Path, url: 
                 f"    eps {row['eps']:.3g}: clean {row['clean_acc']:.3f}, "
                 f"robust {row['robust_acc']:.3f}"
             )
+        lines.extend(f"    warning: {w}" for w in ev.get("warnings") or [])
     lines.append(f"  dashboard: {url}/#/jobs/{job['id']}")
     return "\n".join(lines)
 

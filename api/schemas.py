@@ -287,6 +287,12 @@ class EvaluationPublic(BaseModel):
     leaderboard_grade: bool = Field(
         description="true only for the standard preset on the dataset's full test set"
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the model drew before the attacks: signs that its robust accuracy "
+        "may read higher than it is (zero input gradients: gradient masking; outputs that "
+        "look like probabilities; a model in train mode)",
+    )
 
 
 class EvaluationsPage(BaseModel):

@@ -225,6 +225,9 @@ class Evaluation(Base):
     norm: Mapped[str] = mapped_column(String(10), default="linf")
     eps: Mapped[list[float]] = mapped_column(JSON, default=list)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # what the model drew before the attacks (dyart.evaluate.check_model): signs that its
+    # numbers may read higher than its robustness, shown beside them
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     leaderboard_grade: Mapped[bool] = mapped_column(Boolean, default=False)
     # the weights evaluated, pinned when it was asked for: a job's best and final
     # checkpoints are replaced while it trains, and a result names what it measured

@@ -265,6 +265,8 @@ def _print_summary(summary: dict[str, Any], no_results: str) -> None:
         print(
             f"  eps {row['eps']:.4g}: clean {row['clean_acc']:.4f} robust {row['robust_acc']:.4f}"
         )
+    for message in evaluation.get("warnings", []):
+        print(f"  warning: {message}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -159,7 +159,8 @@ def autoattack_eval(
 
     Returns:
         ``{"preset", "n", "norm", "attacks", "results": [{"eps", "clean_acc",
-        "robust_acc", "per_attack": {attack: accuracy after it}}]}``.
+        "robust_acc", "per_attack": {attack: accuracy after it}}], "warnings"}``,
+        ``warnings`` the messages of :func:`check_model` (empty when all is well).
 
     Raises:
         StopRequested: ``should_stop`` returned True.
@@ -170,7 +171,7 @@ def autoattack_eval(
         raise ValueError(f"norm: {norm!r} is not one of {', '.join(_NORMS)}")
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    check_model(model, x, y)
+    warned = check_model(model, x, y)
     results = []
     # what saved progress must have been made by to be reused: the same weights,
     # images, labels and attack settings (eps is the folder)
@@ -188,6 +189,7 @@ def autoattack_eval(
         "norm": norm,
         "attacks": list(PRESETS[preset]),
         "results": results,
+        "warnings": warned,
     }
 
 

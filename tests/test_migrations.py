@@ -112,7 +112,7 @@ def _row_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("previous", ["0005", "0004", "0003", "0002", "0001"])
+@pytest.mark.parametrize("previous", ["0006", "0005", "0004", "0003", "0002", "0001"])
 def test_downgrade_and_upgrade_keep_a_jobs_rows(empty_database, previous):
     # SQLite alters `job` by copying it to a new table and dropping the old one; with
     # foreign keys on, that drop cascades to every log line, metric and checkpoint.
@@ -142,7 +142,7 @@ def test_a_migration_leaving_a_broken_reference_is_rolled_back_on_sqlite(tmp_pat
     engine = engine_for_url(url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
     finally:
         engine.dispose()
     assert _diff(url) == []

@@ -254,6 +254,7 @@ class DbCallback(Callback):
             evaluation.results = list(result.get("results") or [])
             evaluation.n = int(result.get("n") or evaluation.n)
             evaluation.leaderboard_grade = bool(result.get("leaderboard_grade"))
+            evaluation.warnings = list(result.get("warnings") or [])
             evaluation.status, evaluation.finished_at = "succeeded", utcnow()
             self._log(session, f"evaluation done: {evaluation.results}")
             session.commit()

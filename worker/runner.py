@@ -604,7 +604,8 @@ def _add_to_card(spec: dict[str, Any], evaluation_id: str, values: dict[str, Any
         entry = {
             "id": evaluation_id, "preset": spec["preset"], "n": values["n"],
             "norm": spec["norm"], "leaderboard_grade": values["leaderboard_grade"],
-            "results": values["results"], "finished_at": utcnow().isoformat(),
+            "results": values["results"], "warnings": values.get("warnings", []),
+            "finished_at": utcnow().isoformat(),
         }  # fmt: skip
         kept = [e for e in card.get("evaluations", []) if e.get("id") != evaluation_id]
         # written from the card whose sha256 was checked (once, if it ran twice)
@@ -801,6 +802,7 @@ def _autoattack(
         "results": result["results"],
         "n": n,
         "leaderboard_grade": leaderboard_grade(config.dataset, spec["preset"], n),
+        "warnings": list(result.get("warnings") or []),
     }
 
 

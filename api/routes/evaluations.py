@@ -36,6 +36,7 @@ def evaluation_public(evaluation: Evaluation, job: Job) -> EvaluationPublic:
         norm=evaluation.norm,
         eps=list(evaluation.eps or []),
         results=results,
+        warnings=list(evaluation.warnings or []),
         error=evaluation.error,
         created_at=evaluation.created_at,
         finished_at=evaluation.finished_at,

@@ -2,7 +2,7 @@
 import { api } from "./api.js";
 import { h, num, pct } from "./dom.js";
 import { pager } from "./pager.js";
-import { evalError, evalNote, gradeOf, metricCharts, robustVsEps, runOf, shortId } from "./results.js";
+import { evalError, evalNote, evalWarnings, gradeOf, metricCharts, robustVsEps, runOf, shortId } from "./results.js";
 
 async function loadJob(id) {
   const [job, metrics, evals] = await Promise.all([api(`/jobs/${id}`), api(`/jobs/${id}/metrics`),
@@ -136,7 +136,7 @@ function evalCard(j) {
   const evs = [...j.evaluations].reverse();
   return h("section", { class: "card", "data-job-id": j.job.id }, h("h3", {}, `${j.label} (${datasetOf(j)})`),
     evs.length ? evs.map((ev) => h("div", { class: "eval-line", "data-evaluation-id": ev.id, "data-status": ev.status },
-      h("code", { class: "eval-id" }, `#${shortId(ev)}`), evalNote(ev), ev.error ? evalError(ev) : null))
+      h("code", { class: "eval-id" }, `#${shortId(ev)}`), evalNote(ev), evalWarnings(ev), ev.error ? evalError(ev) : null))
       : h("p", { class: "muted" }, "No evaluation yet."));
 }
 

@@ -90,6 +90,15 @@ export function evalError(ev) {
   return h("p", { class: `${cls} eval-error` }, `Evaluation ${ev.status}: ${ev.error}`);
 }
 
+/** The warnings the model drew before the attacks (gradient masking, probabilities, train
+ * mode): each a note beside the numbers it may inflate; none -> null. */
+export function evalWarnings(ev) {
+  const found = ev.warnings || [];
+  if (!found.length) return null;
+  return h("div", { class: "eval-warnings" }, found.map((text) =>
+    h("p", { class: "warn eval-warning", role: "note" }, h("strong", {}, "Warning: "), text)));
+}
+
 function requested(ev) {
   const when = new Date(ev.created_at);
   return Number.isNaN(when.getTime()) ? ""
@@ -105,7 +114,7 @@ export function evalSection(ev, { actions = null } = {}) {
       of ? ` · ${of}` : "", requested(ev)), actions);
   const table = ev.results?.length || ev.status === "succeeded";
   return h("div", { class: "evaluation", "data-status": ev.status, "data-evaluation-id": ev.id },
-    head, evalNote(ev), ev.error ? evalError(ev) : null, table ? evalTable(ev) : null);
+    head, evalNote(ev), evalWarnings(ev), ev.error ? evalError(ev) : null, table ? evalTable(ev) : null);
 }
 
 /** AutoAttack table: eps, clean, robust, one column per attack. */

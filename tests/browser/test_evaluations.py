@@ -211,6 +211,43 @@ def test_only_a_finished_evaluation_is_called_quick(
     assert problems.unexpected() == []
 
 
+MASKING = (
+    "some inputs have a zero gradient of the logit margin: gradient-based attacks see nothing "
+    "there and robustness looks higher than it is; check for gradient masking"
+)
+
+
+def test_an_evaluations_warnings_stand_beside_its_numbers(
+    live_server, signed_in, submit_job, session_factory, screenshots
+):
+    """A model that drew a warning before the attacks (here gradient masking) has it shown
+    in its evaluation, on the job page and the compare page, not only in the log; an
+    evaluation without one shows none."""
+    job = submit_job(name="masked")
+    cancel(live_server, job["id"])
+    warned = add_evaluation(
+        session_factory, job["id"], 20, results=[result(0.1, 0.8)], warnings=[MASKING]
+    )
+    clean = add_evaluation(session_factory, job["id"], 10, results=[result(0.1, 0.4)])
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    section = page.locator(f"#evaluations [data-evaluation-id='{warned}']")
+    section.locator(".eval-warning").wait_for()
+    assert texts(section.locator(".eval-warning")) == [f"Warning: {MASKING}"]
+    assert section.locator(".eval-warning").get_attribute("role") == "note"
+    other = page.locator(f"#evaluations [data-evaluation-id='{clean}']")
+    assert other.locator("table.autoattack").count() == 1
+    assert other.locator(".eval-warning").count() == 0
+    shoot(page, screenshots, "evaluation-warning")
+
+    page.goto(f"{live_server.url}/#/compare?ids={job['id']}")
+    line = page.locator(f".eval-line[data-evaluation-id='{warned}']")
+    line.locator(".eval-warning").wait_for()
+    assert texts(line.locator(".eval-warning")) == [f"Warning: {MASKING}"]
+    assert page.locator(f".eval-line[data-evaluation-id='{clean}'] .eval-warning").count() == 0
+    assert problems.unexpected() == []
+
+
 def test_robust_chart_tells_many_evaluations_apart(
     live_server, signed_in, submit_job, session_factory, screenshots
 ):

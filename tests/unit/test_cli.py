@@ -374,3 +374,19 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_saved_state(tmp_path)
     )
     state = checkpoint.load_training_state(out / "state" / "latest.pt")  # whole, not cut short
     assert state["done"] == ["burn_in"] and state["run"] is None
+
+
+def test_the_train_summary_shows_an_evaluations_warnings(capsys):
+    from dyart.cli import _print_summary
+
+    evaluation = {
+        "preset": "fast", "n": 40, "norm": "linf", "checkpoint": "best", "leaderboard_grade": False,
+        "results": [{"eps": 0.1, "clean_acc": 0.9, "robust_acc": 0.8}],
+        "warnings": ["some inputs have a zero gradient of the logit margin"],
+    }  # fmt: skip
+    _print_summary({"checkpoints": {}, "results": "r.json", "evaluation": evaluation}, "")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        "  eps 0.1: clean 0.9000 robust 0.8000",
+        "  warning: some inputs have a zero gradient of the logit margin",
+    ]

@@ -57,6 +57,7 @@ def test_fast_preset_structure_and_ordering(trained):
     result = autoattack_eval(model, x, y, eps_list=[0.02, 0.3], preset="fast")
     assert (result["preset"], result["n"], result["norm"]) == ("fast", 120, "linf")
     assert result["attacks"] == ["apgd-ce"]
+    assert result["warnings"] == []  # a sound model in eval mode
     small, large = result["results"]
     for row in (small, large):
         assert set(row) == {"eps", "clean_acc", "robust_acc", "per_attack"}
@@ -155,6 +156,11 @@ def test_warns_about_zero_input_gradients(trained):
         flat[1].weight.zero_()
     with pytest.warns(EvaluationWarning, match="zero gradient of the logit margin"):
         check_model(flat, x, y)
+    # and the result says so beside its numbers, for whoever reads only the JSON
+    with pytest.warns(EvaluationWarning):
+        result = autoattack_eval(flat, x[:10], y[:10], eps_list=[0.1], preset="fast")
+    [warning] = result["warnings"]
+    assert "zero gradient of the logit margin" in warning
 
 
 def test_a_sound_model_gets_no_warning(trained):

@@ -8,15 +8,17 @@ import warnings
 from datetime import timedelta
 
 import pytest
+import torch
 
+from api.routes.evaluations import evaluation_public
 from db import evaluations
-from db.models import Checkpoint, Evaluation, utcnow
-from dyart.checkpoint import read_card
+from db.models import Checkpoint, Evaluation, Job, utcnow
+from dyart.checkpoint import load_model, read_card, save_model
 from dyart.errors import CheckpointError
 from dyart.evaluate import EvaluationWarning
 from tests.worker.conftest import log_lines, wait_for
 from worker import runner
-from worker.artifacts import ArtifactStore
+from worker.artifacts import ArtifactStore, file_sha256
 
 
 def _ask(session_factory, trained, sha256=None, **fields) -> str:
@@ -110,6 +112,42 @@ def test_a_warm_shutdown_hands_a_running_evaluation_over(
     [entry] = card["evaluations"]
     assert (entry["id"], entry["preset"], entry["n"]) == (evaluation_id, "standard", 360)
     assert entry["leaderboard_grade"] is True and entry["results"] == row.results
+    assert row.warnings == [] and entry["warnings"] == []  # a sound model draws none
+
+
+def test_a_masking_models_warning_is_kept_with_its_evaluation(
+    worker_process, sender, session_factory, trained, settings
+):
+    """Weights set to zero: every input gradient is zero, the attacks see nothing. The
+    warning is kept on the evaluation (what the API and the dashboard show) and in the
+    model card's entry, beside the numbers, not only in the job's log."""
+    job_id, checkpoint_id = trained
+    store = ArtifactStore(settings.artifacts_dir)
+    with session_factory() as session:
+        checkpoint = session.get(Checkpoint, checkpoint_id)
+        weights = store.resolve(checkpoint.path)
+        model = load_model(weights)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.zero_()
+        save_model(weights, model, read_card(weights.with_suffix(".json")))
+        checkpoint.sha256 = file_sha256(weights)
+        session.commit()
+        sha256 = checkpoint.sha256
+    evaluation_id = _ask(session_factory, trained, sha256=sha256)
+    sender.send_task("worker.run_evaluation", args=[evaluation_id])
+    row = wait_for(
+        lambda: (r := _row(session_factory, evaluation_id)).status == "succeeded" and r,
+        "the evaluation to finish", 120,
+    )  # fmt: skip
+    [warning] = row.warnings
+    assert "zero gradient of the logit margin" in warning and "gradient masking" in warning
+    with session_factory() as session:
+        shown = evaluation_public(session.get(Evaluation, evaluation_id), session.get(Job, job_id))
+    assert shown.warnings == [warning]
+    [entry] = read_card(weights.with_suffix(".json"))["evaluations"]
+    assert entry["id"] == evaluation_id and entry["warnings"] == [warning]
+    assert any(f"warning: {warning}" in line for line in log_lines(session_factory, job_id))
 
 
 def test_a_failed_evaluation_names_its_file_without_the_servers_folders(
