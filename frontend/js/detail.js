@@ -10,6 +10,9 @@ const FINAL = new Set(["succeeded", "failed", "canceled"]);
 // while one is queued or running, now and then otherwise (one may be requested from elsewhere).
 const EVAL_POLL_PENDING_MS = 3000;
 const EVAL_POLL_IDLE_MS = 10000;
+// A running job's elapsed time goes on between its events (the stream sends the job only
+// when something else about it changes): the clock is redrawn every second.
+const CLOCK_MS = 1000;
 
 function summary(job) {
   const m = job.latest_metrics || {};
@@ -21,10 +24,11 @@ function summary(job) {
     h("p", {}, badge(job.status), " ", h("span", { id: "stage" }, stage)),
     progressBar(job, "job progress"),
     h("dl", { class: "facts" }, // one element per label and value: the grid never splits a pair
-      ...[["Elapsed", duration(job.elapsed_seconds)], ["Remaining", remaining(job)],
+      ...[["Elapsed", duration(job.elapsed_seconds), { id: "elapsed", "aria-live": "off" }],
+        ["Remaining", remaining(job)],
         ["Val clean", pct(m.val_clean_acc)], ["Val PGD", pct(m.val_pgd_acc)],
         ["Best PGD", job.best ? `${pct(job.best.val_pgd_acc)} (epoch ${job.best.epoch})` : "–"],
-        ["Attempts", job.attempts ?? 0]].map(([k, v]) => h("div", { class: "fact" }, h("dt", {}, k), h("dd", {}, v)))),
+        ["Attempts", job.attempts ?? 0]].map(([k, v, attrs]) => h("div", { class: "fact" }, h("dt", {}, k), h("dd", attrs || {}, v)))),
     job.error ? h("p", { class: "error" }, job.error) : null);
 }
 
@@ -94,6 +98,7 @@ function checkpointRow(ck) {
 export async function detailPage(main, { parts }) {
   const id = parts[1];
   let job = await api(`/jobs/${id}`);
+  let jobAt = performance.now(); // when `job` was read: its elapsed_seconds held then
   let rows = (await api(`/jobs/${id}/metrics`)).items;
   const log = logPane(); // filled by the event stream, which starts with the log's first line
   const parts$ = {
@@ -114,6 +119,7 @@ export async function detailPage(main, { parts }) {
     if (currentTarget.getAttribute("aria-disabled") === "true") return;
     try {
       job = await api(`/jobs/${id}/${verb}`, { method: "POST" });
+      jobAt = performance.now();
       say(`Job ${verb} requested.`);
       drawJob();
       if (verb === "resume") listen(); // the last stream ended with the job's last run
@@ -214,7 +220,7 @@ export async function detailPage(main, { parts }) {
     if (eventId) cursor = eventId;
     if (type === "unavailable") { paused = true; say(data.detail); return; }
     if (paused) { paused = false; say("Live updates resumed."); }
-    if (type === "job") { job = data; drawJob(); }
+    if (type === "job") { job = data; jobAt = performance.now(); drawJob(); }
     else if (type === "metric") addRow(data);
     else if (type === "log") log.add(data);
     else if (type === "evaluation") refreshEvals();
@@ -228,8 +234,15 @@ export async function detailPage(main, { parts }) {
     streamEnded = false;
     stop = follow(`/jobs/${id}/events`, onEvent, { since: cursor });
   }
+  const clock = setInterval(() => {
+    const shown = parts$.summary.querySelector("#elapsed");
+    if (shown && job.status === "running" && Number.isFinite(job.elapsed_seconds)) {
+      shown.textContent = duration(job.elapsed_seconds + (performance.now() - jobAt) / 1000);
+    }
+  }, CLOCK_MS);
   function leave() {
     closed = true;
+    clearInterval(clock);
     clearTimeout(pollTimer);
     stop(); log.stop(); [drawCharts, refreshCheckpoints, refreshEvals].forEach((f) => f.cancel());
   }

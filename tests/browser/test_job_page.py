@@ -161,6 +161,34 @@ def test_epoch_is_counted_against_its_stage(live_server, signed_in, submit_job, 
     assert problems.unexpected() == []
 
 
+def _seconds(text: str) -> int:
+    """"2m 5s" / "1h 3m" / "40s" -> seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(part[:-1]) * units[part[-1]] for part in text.split())
+
+
+def test_a_running_jobs_elapsed_time_goes_on_between_its_events(
+    live_server, signed_in, submit_job, session_factory
+):
+    """The stream sends the job only when something else about it changes; the page's
+    elapsed time still moves on, from what the server said, and is not announced."""
+    job = submit_job(epochs=6)
+    set_stage(session_factory, job["id"], "train", 2, step=5)  # started two minutes ago
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{job['id']}")
+    elapsed = page.locator("#summary #elapsed")
+    elapsed.wait_for()
+    first = elapsed.inner_text()
+    assert _seconds(first) >= 120
+    assert elapsed.get_attribute("aria-live") == "off"  # the summary is live: not each second
+    page.wait_for_function(
+        "first => document.querySelector('#summary #elapsed').textContent !== first", arg=first
+    )
+    assert _seconds(elapsed.inner_text()) > _seconds(first)
+    assert page.locator("#summary #stage").inner_text() == "train, epoch 2 of 6 running"
+    assert problems.unexpected() == []
+
+
 def test_autoattack_stage_says_it_runs_instead_of_no_time_left(
     live_server, signed_in, submit_job, session_factory
 ):
