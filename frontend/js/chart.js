@@ -107,6 +107,7 @@ export function lineChart(series, opts = {}) {
     for (const p of pts) {
       const dot = marker(look.marker, sx(p[0]), sy(p[1]), 3, look.color);
       dot.setAttribute("class", "pt");
+      dot.setAttribute("data-x", String(p[0]));
       g.append(dot);
     }
     svg.append(g);

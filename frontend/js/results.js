@@ -2,7 +2,7 @@
 import { lineChart } from "./chart.js";
 import { badge, h, num, pct } from "./dom.js";
 
-/** Orders metric rows (burn-in first) and dedupes by stage+epoch; x = running epoch number. */
+/** Orders metric rows (burn-in first) and dedupes by stage+epoch. */
 export function orderRows(rows) {
   const byKey = new Map();
   for (const r of rows) byKey.set(`${r.stage}:${r.epoch}`, r);
@@ -10,16 +10,31 @@ export function orderRows(rows) {
   return [...byKey.values()].sort((a, b) => (rank[a.stage] ?? 2) - (rank[b.stage] ?? 2) || a.epoch - b.epoch);
 }
 
-const points = (rows, key) => rows.map((r, i) => [i + 1, r[key]]).filter((p) => Number.isFinite(p[1]));
+/** x of each ordered row: a training epoch is its own number, so jobs with and without a
+ * burn-in line up; the burn-in's epochs come before it, its last at 0. */
+export function epochAxis(ordered) {
+  const burnIn = ordered.filter((r) => r.stage === "burn_in").length;
+  let last = 0;
+  return ordered.map((r, i) => {
+    last = r.stage === "burn_in" ? i + 1 - burnIn : r.stage === "train" ? r.epoch : last + 1;
+    return last;
+  });
+}
+
+const points = (rows, key) => {
+  const ordered = orderRows(rows);
+  const xs = epochAxis(ordered);
+  return ordered.map((r, i) => [xs[i], r[key]]).filter((p) => Number.isFinite(p[1]));
+};
 
 /** jobs: [{label, rows}] -> a grid of charts (series label prefixed with the job's label). */
 export function metricCharts(jobs) {
   const multi = jobs.length > 1;
   const name = (job, what) => (multi ? `${job.label}: ${what}` : what);
   const series = (keys) => jobs.flatMap((job) => keys
-    .map(([key, what]) => ({ label: name(job, what), points: points(orderRows(job.rows), key) }))
+    .map(([key, what]) => ({ label: name(job, what), points: points(job.rows, key) }))
     .filter((s) => s.points.length || !multi));
-  const xLabel = "epoch (burn-in, then training)";
+  const xLabel = "training epoch (the burn-in's at 0 and before)";
   const charts = [
     lineChart(series([["train_loss", "train loss"]]), { title: "Training loss", xLabel }),
     lineChart(series([["val_clean_acc", "val clean"], ["val_pgd_acc", "val PGD"]]),

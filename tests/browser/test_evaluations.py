@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from db.models import Checkpoint, Evaluation, utcnow
+from db.models import Checkpoint, Evaluation, JobMetric, utcnow
 from tests.browser.test_dashboard import shoot
 from tests.browser.test_job_page import cancel
 
@@ -245,6 +245,49 @@ def test_an_evaluations_warnings_stand_beside_its_numbers(
     line.locator(".eval-warning").wait_for()
     assert texts(line.locator(".eval-warning")) == [f"Warning: {MASKING}"]
     assert page.locator(f".eval-line[data-evaluation-id='{clean}'] .eval-warning").count() == 0
+    assert problems.unexpected() == []
+
+
+def add_metrics(session_factory, job_id: str, *rows: tuple[str, int, float]) -> None:
+    """Metric rows (stage, epoch, training loss), as a worker writes them after each epoch."""
+    with session_factory() as session:
+        for stage, epoch, loss in rows:
+            session.add(JobMetric(job_id=job_id, stage=stage, epoch=epoch, train_loss=loss))
+        session.commit()
+
+
+def test_compare_lines_up_training_epochs_with_and_without_a_burn_in(
+    live_server, signed_in, submit_job, session_factory
+):
+    """A job with two burn-in epochs and one without: training epoch 1 of both is drawn
+    at the same x (the burn-in's at -1 and 0), not shifted by the burn-in's length."""
+    warm = submit_job(name="with-burn-in")
+    cold = submit_job(name="from-scratch")
+    for job in (warm, cold):
+        cancel(live_server, job["id"])
+    add_metrics(session_factory, warm["id"], ("burn_in", 1, 2.0), ("burn_in", 2, 1.5),
+                ("train", 1, 1.2), ("train", 2, 1.0))  # fmt: skip
+    add_metrics(session_factory, cold["id"], ("train", 1, 1.9), ("train", 2, 1.4))
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/compare?ids={warm['id']},{cold['id']}")
+    caption = page.locator("figcaption", has_text="Training loss")
+    loss = page.locator("figure.chart-box", has=caption)
+    loss.wait_for()
+    xs = [
+        [float(x) for x in loss.locator(f"g.series[data-series='{i}'] .pt").evaluate_all(
+            "dots => dots.map(d => d.dataset.x)")]
+        for i in (0, 1)
+    ]  # fmt: skip
+    assert xs == [[-1, 0, 1, 2], [1, 2]]
+    assert texts(loss.locator(".legend li")) == [
+        "with-burn-in: train loss",
+        "from-scratch: train loss",
+    ]
+    # the same on one job's own page
+    page.goto(f"{live_server.url}/#/jobs/{warm['id']}")
+    own = page.locator("#charts figure.chart-box").first
+    own.wait_for()
+    assert own.locator(".pt").evaluate_all("dots => dots.map(d => +d.dataset.x)") == [-1, 0, 1, 2]
     assert problems.unexpected() == []
 
 

@@ -162,7 +162,7 @@ def test_epoch_is_counted_against_its_stage(live_server, signed_in, submit_job, 
 
 
 def _seconds(text: str) -> int:
-    """"2m 5s" / "1h 3m" / "40s" -> seconds."""
+    """ "2m 5s" / "1h 3m" / "40s" -> seconds."""
     units = {"h": 3600, "m": 60, "s": 1}
     return sum(int(part[:-1]) * units[part[-1]] for part in text.split())
 
