@@ -5,8 +5,10 @@
     dyart-service workers                        (which workers are there, on which queue)
     dyart-service admin create-user NAME [--admin]
     dyart-service admin create-token NAME [--days N]   (prints the token once)
-    dyart-service admin revoke-token PREFIX
+    dyart-service admin revoke-token PREFIX | --user NAME
+    dyart-service admin set-admin NAME yes|no    (an admin sees every user's jobs)
     dyart-service admin list-users
+    dyart-service admin list-tokens NAME
 
 Settings come from DYART_* environment variables (db.settings.Settings). A failure
 is one line on stderr naming what to change: exit 2 for invalid settings, 1 otherwise.
@@ -304,6 +306,17 @@ def revoke_token(settings: Settings, prefix: str | None, user: str | None) -> No
     print(f"revoked {count} token(s) of {', '.join(owners)} starting with {prefix}")
 
 
+def set_admin(settings: Settings, name: str, admin: bool) -> None:
+    """Give a user admin rights (every user's jobs) or take them away; it holds from the
+    user's next request, open event streams included."""
+    with _session(settings) as session:
+        user = _user(session, name)
+        was, user.is_admin = bool(user.is_admin), admin
+        session.commit()
+    role = "an admin (sees every user's jobs)" if admin else "a user (sees only their own jobs)"
+    print(f"{name} {'was already' if was == admin else 'is now'} {role}")
+
+
 def list_tokens(settings: Settings, name: str) -> None:
     """A user's tokens: prefix, state, created, last used (the tokens themselves are
     not stored, only their hashes)."""
@@ -387,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke_p.add_argument("prefix", nargs="?", help="the token's first characters")
     revoke_p.add_argument("--user", help="revoke every active token of this user")
+    set_p = admin.add_parser(
+        "set-admin", help="give a user admin rights (every user's jobs) or take them away"
+    )
+    set_p.add_argument("name")
+    set_p.add_argument("admin", choices=("yes", "no"), help="yes: admin; no: a plain user")
     admin.add_parser("list-users", help="list users")
     admin.add_parser(
         "list-tokens", help="a user's tokens: prefix, state, created, last used"
@@ -414,6 +432,8 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         revoke_token(settings, args.prefix, args.user)
     elif args.action == "list-tokens":
         list_tokens(settings, args.name)
+    elif args.action == "set-admin":
+        set_admin(settings, args.name, args.admin == "yes")
     else:
         list_users(settings)
 

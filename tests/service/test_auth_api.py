@@ -238,3 +238,36 @@ def test_a_token_made_to_expire_works_until_then_and_then_says_it_expired(
     assert row.split("\t")[1].startswith("expired ")
     unknown = client(headers={"Authorization": "Bearer dyart_nothing"}).get("/api/v1/me")
     assert unknown.json() == {"detail": "invalid or revoked token"}
+
+
+def test_admin_rights_are_given_and_taken_away_from_the_command_line(
+    settings, client, make_job, alice, make_user
+):
+    """An admin sees every user's jobs; once the rights are taken away, the same token
+    sees only its own (the next request, no restart)."""
+    job = make_job(client)  # alice's
+    hugo = make_user("hugo")
+    as_hugo = client(hugo)
+    assert as_hugo.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    given = _cli(settings, "admin", "set-admin", "hugo", "yes")
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.strip() == "hugo is now an admin (sees every user's jobs)"
+    assert as_hugo.get("/api/v1/me").json()["is_admin"] is True
+    assert as_hugo.get(f"/api/v1/jobs/{job['id']}").status_code == 200
+    assert [j["id"] for j in as_hugo.get("/api/v1/jobs").json()["items"]] == [job["id"]]
+    again = _cli(settings, "admin", "set-admin", "hugo", "yes")
+    assert again.stdout.strip() == "hugo was already an admin (sees every user's jobs)"
+    assert "hugo\tadmin\t" in _cli(settings, "admin", "list-users").stdout
+
+    taken = _cli(settings, "admin", "set-admin", "hugo", "no")
+    assert taken.returncode == 0, taken.stderr
+    assert taken.stdout.strip() == "hugo is now a user (sees only their own jobs)"
+    assert as_hugo.get("/api/v1/me").json()["is_admin"] is False
+    assert as_hugo.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+    assert as_hugo.get("/api/v1/jobs").json()["items"] == []
+    assert client(alice).get(f"/api/v1/jobs/{job['id']}").status_code == 200  # hers, still
+
+    unknown = _cli(settings, "admin", "set-admin", "nobody", "no")
+    assert unknown.returncode == 1 and "no user named 'nobody'" in unknown.stderr
+    wrong = _cli(settings, "admin", "set-admin", "hugo", "maybe")
+    assert wrong.returncode == 2 and "invalid choice: 'maybe'" in wrong.stderr
