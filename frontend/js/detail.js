@@ -139,7 +139,8 @@ export async function detailPage(main, { parts }) {
     },
   });
   parts$.controls.append(cancelButton, resumeButton, remover.button,
-    h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"));
+    h("a", { href: `#/compare?ids=${id}`, class: "button-link" }, "Compare…"),
+    h("a", { href: `#/new?from=${id}`, id: "again", class: "button-link" }, "New job from this…"));
   parts$.controls.after(remover.confirm);
   function drawJob() {
     parts$.summary.replaceChildren(summary(job));

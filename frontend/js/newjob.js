@@ -125,8 +125,44 @@ export function showErrors(form, detail) {
   (form.querySelector("[aria-invalid=true]") || form.querySelector("#form-errors")).focus?.();
 }
 
-export async function newJobPage(main) {
+/** A stored value as its field shows it (the inverse of readValue). */
+function shown(param, value) {
+  if (param.type === "bool") return !!value;
+  if (Array.isArray(value)) return value.join(", ");
+  return String(value);
+}
+
+/** The job whose settings the form starts from (#/new?from=<id>), or a line saying why
+ * it starts from the defaults instead. -> {job} | {problem} | {} */
+async function startingJob(id) {
+  if (!id) return {};
+  try {
+    return { job: await api(`/jobs/${encodeURIComponent(id)}`) };
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    return { problem: `Job ${id} was not found (deleted, mistyped, or not yours): the form shows the defaults.` };
+  }
+}
+
+/** The edits that make the form show `config`: every hyperparameter of its method and
+ * every training setting it has (one stored before a setting existed keeps that default). */
+function editsFrom(config, catalog) {
+  const edits = new Map();
+  const method = catalog.methods.find((m) => m.name === config.method);
+  for (const p of method?.params || []) {
+    const value = config.hparams?.[p.name];
+    if (value !== undefined && value !== null) edits.set(`hparams.${p.name}`, shown(p, value));
+  }
+  for (const p of catalog.train_params) {
+    const value = config[p.name];
+    if (value !== undefined && value !== null) edits.set(p.name, shown(p, value));
+  }
+  return edits;
+}
+
+export async function newJobPage(main, { params } = { params: new URLSearchParams() }) {
   const catalog = await api("/catalog");
+  const { job: source, problem } = await startingJob(params.get("from"));
   const presets = catalog.eval_presets || ["standard", "custom", "fast"];
   const datasetSel = h("select", { id: "field-dataset", name: "dataset", "data-field": "dataset" },
     catalog.datasets.map((d) => h("option", { value: d.name, disabled: d.available === false },
@@ -152,7 +188,7 @@ export async function newJobPage(main) {
 
   // A redraw (another method or dataset) keeps what the user gave each field it still has,
   // even one another method lacked; the rest show the method's and dataset's defaults.
-  const edits = new Map(); // field -> the value the user gave it
+  const edits = source ? editsFrom(source.config, catalog) : new Map(); // field -> the value the user gave it
   const remember = ({ target }) => {
     if (target.dataset?.field) edits.set(target.dataset.field, target.type === "checkbox" ? target.checked : target.value);
   };
@@ -172,6 +208,17 @@ export async function newJobPage(main) {
   }
   datasetSel.addEventListener("change", render);
   methodSel.addEventListener("change", render);
+  if (source) { // the job's dataset, method and architecture, where this server still has them
+    const c = source.config;
+    const pick = (select, value) => {
+      if ([...select.options].some((o) => o.value === value && !o.disabled)) select.value = value;
+    };
+    pick(datasetSel, c.dataset);
+    pick(methodSel, c.method);
+    render();
+    pick(archSel, c.architecture);
+    form.elements.name.value = source.name ? `${source.name} (again)` : "";
+  }
   render();
   // One Idempotency-Key per distinct request: a retry of the same form (a dropped
   // connection, a second click) finds the job the first attempt created.
@@ -205,5 +252,10 @@ export async function newJobPage(main) {
       submit.disabled = false;
     }
   });
-  main.append(h("h1", {}, "New training job"), form);
+  const from = source
+    ? h("p", { id: "form-source", class: "muted" }, "Settings from job ",
+      h("a", { href: `#/jobs/${source.id}` }, source.name || source.id.slice(0, 8)),
+      ": change any, then start.")
+    : problem ? h("p", { id: "form-source", class: "warn", role: "note" }, problem) : null;
+  main.append(h("h1", {}, "New training job"), from, form);
 }

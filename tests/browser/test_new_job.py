@@ -91,3 +91,52 @@ def test_new_job_page_fits_a_phone(live_server, signed_in):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, width
     assert problems.unexpected() == []
+
+
+def test_a_new_job_starts_from_another_jobs_settings(
+    live_server, signed_in, submit_job, screenshots
+):
+    """ "New job from this…" on a job's page opens the form with that job's dataset,
+    architecture, method, hyperparameters and training settings; changing one and
+    starting makes a job whose config differs from the first only there."""
+    first = submit_job(
+        name="base", method="trades", lr=0.03, epochs=4, eval_eps=[0.05, 0.1],
+        hparams={"beta": 3.0, "steps": 7}, precision="bf16",
+    )  # fmt: skip
+    page, problems = signed_in()
+    page.goto(f"{live_server.url}/#/jobs/{first['id']}")
+    page.click("#again")
+    page.locator("#form-source").filter(has_text="Settings from job base").wait_for()
+    assert page.locator("#field-name").input_value() == "base (again)"
+    picked = {f: page.locator(f"#field-{f}").input_value() for f in ("dataset", "architecture")}
+    picked["method"] = page.locator("#field-method").input_value()
+    assert picked == {"dataset": "digits", "architecture": "mlp", "method": "trades"}
+    assert page.locator("#field-hparams-beta").input_value() == "3"
+    assert page.locator("#field-hparams-steps").input_value() == "7"
+    assert page.locator("#field-lr").input_value() == "0.03"
+    assert page.locator("#field-epochs").input_value() == "4"
+    assert page.locator("#field-eval_eps").input_value() == "0.05, 0.1"
+    assert page.locator("#field-precision").input_value() == "bf16"
+    shoot(page, screenshots, "new-job-from-another")
+
+    page.fill("#field-lr", "0.04")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-zA-Z-]+$"))
+    second_id = page.url.rsplit("/", 1)[1]
+    assert second_id != first["id"]
+    second = httpx.get(
+        f"{live_server.url}/api/v1/jobs/{second_id}", headers=live_server.headers
+    ).json()
+    assert second["name"] == "base (again)" and second["config"]["lr"] == 0.04
+    assert {**second["config"], "lr": 0.03} == first["config"]
+
+    problems.allow(404, "/jobs/nosuchjob")
+    page.goto(f"{live_server.url}/#/new?from=nosuchjob")  # deleted, mistyped or not yours
+    note = page.locator("#form-source")
+    note.wait_for()
+    assert note.inner_text() == (
+        "Job nosuchjob was not found (deleted, mistyped, or not yours): "
+        "the form shows the defaults."
+    )
+    assert page.locator("#field-name").input_value() == ""
+    assert problems.unexpected() == []
