@@ -91,7 +91,6 @@ def entry(config: Any, model: nn.Module, result: dict[str, Any] | None = None) -
         "architecture": _architecture(model),
         "eps": _eps_text(config.dataset_card.eps, _norm(config)),
         **_result_fields(config, result),
-        "unreliable": False,
         "threat_model": _THREAT_MODELS[_norm(config)],
         "method": config.method,
         "model_args": model_args(model),
@@ -135,11 +134,17 @@ def _result_fields(config: Any, result: dict[str, Any] | None) -> dict[str, Any]
     if config.extra_data_frac > 0:
         share = f"{config.extra_data_frac:.0%}"
         notes.insert(0, f"It uses additional synthetic images in training ({share} of each batch).")
+    # what the model drew before the attacks (dyart.evaluate.check_model): numbers that may
+    # overstate its robustness are marked unreliable, as the leaderboard marks them
+    warned = list((result or {}).get("warnings") or [])
+    if warned:
+        notes.append(f"Before the attacks the evaluation warned: {'; '.join(warned)}.")
     return {
         "clean_acc": None if why is not None else f"{100 * row['clean_acc']:.2f}",
         "reported": robust,
         "autoattack_acc": robust,
         "footnote": " ".join(notes),
+        "unreliable": bool(warned),
     }
 
 

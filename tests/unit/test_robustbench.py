@@ -252,3 +252,16 @@ def test_a_leaderboard_grade_run_fills_the_numbers(tmp_path):
         "61.23", "30.12", "30.12",
     )  # fmt: skip
     assert entry["footnote"] == "" and list(entry)[: len(MODEL_INFO_KEYS)] == MODEL_INFO_KEYS
+
+
+def test_a_result_that_drew_a_warning_is_marked_unreliable(tmp_path):
+    """Zero input gradients (gradient masking) before the attacks: the numbers are kept,
+    the entry says unreliable and its footnote quotes the warning."""
+    warning = "some inputs have a zero gradient of the logit margin"
+    result = {**_result(grade=True, n=10000), "warnings": [warning]}
+    entry = _trainer_entry(tmp_path, _config(), result)
+    assert entry["unreliable"] is True and entry["autoattack_acc"] == "30.12"
+    assert entry["footnote"] == f"Before the attacks the evaluation warned: {warning}."
+    assert list(entry)[: len(MODEL_INFO_KEYS)] == MODEL_INFO_KEYS
+    sound = _trainer_entry(tmp_path, _config(), {**result, "warnings": []})
+    assert sound["unreliable"] is False and sound["footnote"] == ""
