@@ -347,7 +347,7 @@ def _database_lost(
     message = f"{lost}; job queued again, it resumes from its latest checkpoint"
     canceled = f"canceled: {lost}, with a cancel pending; {KEPT}"
     try:
-        return _hand_over(factory, job_id, me, message, "WARNING", canceled)
+        return _hand_over(factory, job_id, me, message, "WARNING", canceled, settings.lease_seconds)
     except DATABASE_DOWN:  # gone again: the sweep takes over
         return {"job_id": job_id, "status": "database_unreachable"}
 
@@ -393,7 +393,7 @@ def _train(
         return {"job_id": job_id, "status": "lease_lost"}
     except StopRequested as exc:
         if callback.handing_over:
-            return _hand_over(factory, job_id, me, canceled=f"canceled: {exc}")
+            return _hand_over(factory, job_id, me, canceled=f"canceled: {exc}", wait=lease)
         return _end(factory, job_id, me, "canceled", f"canceled: {exc}", lease=lease)
     except DyartError as exc:
         return _end(factory, job_id, me, "failed", str(exc), lease=lease)
@@ -577,7 +577,7 @@ def run_evaluation(evaluation_id: str) -> dict[str, Any]:
             log.warning("evaluation %s: lease lost, stopped before the next attack", evaluation_id)
             return {"evaluation_id": evaluation_id, "status": "lease_lost"}
         if SHUTDOWN.is_set() and not canceled():
-            return _hand_over_evaluation(factory, evaluation_id, me, spec)
+            return _hand_over_evaluation(factory, evaluation_id, me, spec, settings.lease_seconds)
         values = {"status": "canceled", "error": "canceled while running"}
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".replace(f"{store.root}/", "")
@@ -670,20 +670,34 @@ class _warnings_to_log:
 
 
 def _hand_over_evaluation(
-    factory: sessionmaker[Session], evaluation_id: str, me: str, spec: dict[str, Any]
+    factory: sessionmaker[Session],
+    evaluation_id: str,
+    me: str,
+    spec: dict[str, Any],
+    wait: float = 0.0,
 ) -> dict[str, Any]:
     """Warm shutdown: the evaluation goes back to the queue for another worker (its
-    attempt not counted), or ends canceled if a cancel was asked meanwhile."""
-    with factory() as session:
-        status = evaluations.release_evaluation(session, evaluation_id, me)
-        if status is not None:
-            message = (
-                "worker shutting down: queued again, finished attacks kept"
-                if status == "queued"
-                else "canceled while running"
-            )
-            jobs.add_log(session, spec["job_id"], f"{spec['name']}: {status}: {message}")
-            session.commit()
+    attempt not counted), or ends canceled if a cancel was asked meanwhile; through a
+    database outage of up to ``wait`` seconds, as for a job (:func:`_hand_over`)."""
+
+    def write() -> tuple[str | None]:
+        with factory() as session:
+            status = evaluations.release_evaluation(session, evaluation_id, me)
+            if status is not None:
+                message = (
+                    "worker shutting down: queued again, finished attacks kept"
+                    if status == "queued"
+                    else "canceled while running"
+                )
+                jobs.add_log(session, spec["job_id"], f"{spec['name']}: {status}: {message}")
+                session.commit()
+            return (status,)
+
+    what = f"evaluation {evaluation_id}: handing over"
+    written = write_through_outage(factory, wait, what, write)
+    if written is None:
+        return {"evaluation_id": evaluation_id, "status": "database_unreachable"}
+    (status,) = written
     if status is None:
         return {"evaluation_id": evaluation_id, "status": "lease_lost"}
     if status == "queued":
@@ -813,18 +827,33 @@ def _hand_over(
     message: str = "worker shutting down: state saved, job queued again",
     level: str = "INFO",
     canceled: str = f"canceled: worker shutting down, with a cancel pending; {KEPT}",
+    wait: float = 0.0,
 ) -> dict[str, Any]:
     """Queue the saved job again for another worker (its attempt not counted); a job
-    whose cancel was asked meanwhile ends canceled instead, logging ``canceled``."""
-    with factory() as session:
-        status = jobs.release_job(session, job_id, me, commit=False)
-        if status is None:
-            return {"job_id": job_id, "status": "lease_lost"}
-        if status == "canceled":
-            jobs.add_log(session, job_id, canceled)
-        else:
-            jobs.add_log(session, job_id, message, level)
-        session.commit()
+    whose cancel was asked meanwhile ends canceled instead, logging ``canceled``.
+
+    A database that does not answer is waited for up to ``wait`` seconds (the lease:
+    within a warm shutdown's grace period); past that the sweep requeues the job once
+    it is back, and its attempt is given back for the outage it saw."""
+
+    def write() -> tuple[str | None]:
+        with factory() as session:
+            status = jobs.release_job(session, job_id, me, commit=False)
+            if status is None:
+                return (None,)
+            if status == "canceled":
+                jobs.add_log(session, job_id, canceled)
+            else:
+                jobs.add_log(session, job_id, message, level)
+            session.commit()
+            return (status,)
+
+    written = write_through_outage(factory, wait, f"job {job_id}: handing over", write)
+    if written is None:
+        return {"job_id": job_id, "status": "database_unreachable"}
+    (status,) = written
+    if status is None:
+        return {"job_id": job_id, "status": "lease_lost"}
     if status == "canceled":
         log.info("job %s canceled (cancel pending at hand-over)", job_id)
         return {"job_id": job_id, "status": "canceled"}

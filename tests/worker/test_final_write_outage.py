@@ -167,3 +167,58 @@ def test_an_outage_longer_than_the_lease_leaves_the_job_to_the_sweep(
         f"job {job_id}: ending succeeded: database still unreachable; "
         "the sweep takes over once it is back"
     ) in caplog.text
+
+
+def test_a_warm_shutdown_hands_a_job_over_through_a_short_outage(
+    settings, session_factory, job_id, outage
+):
+    """SIGTERM while the database is away for a moment: the hand-over waits for it and
+    ends the job as it would have (here canceled: its cancel was asked, so no task is
+    sent), instead of leaving it running for the sweep."""
+    factory, begin = outage
+    _claim(session_factory, job_id, "w")
+    with session_factory() as session:
+        jobs.request_cancel(session, session.get(Job, job_id))
+        session.commit()
+    with database_away_for(begin, 1.5):
+        result = runner._hand_over(factory, job_id, "w", wait=settings.lease_seconds)
+    assert result == {"job_id": job_id, "status": "canceled"}
+    with session_factory() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.lease_owner, job.attempts) == ("canceled", None, 0)
+    assert log_lines(session_factory, job_id)[-1].startswith(
+        "canceled: worker shutting down, with a cancel pending"
+    )
+
+
+def test_a_hand_over_past_its_wait_leaves_the_job_to_the_sweep(session_factory, job_id, outage):
+    factory, begin = outage
+    _claim(session_factory, job_id, "w")
+    with database_away_for(begin, 3.0):
+        result = runner._hand_over(factory, job_id, "w", wait=1.0)
+    assert result == {"job_id": job_id, "status": "database_unreachable"}
+    with session_factory() as session:
+        assert session.get(Job, job_id).status == "running"  # the sweep's now
+
+
+def test_an_evaluation_is_handed_over_through_a_short_outage(
+    settings, session_factory, job_id, outage
+):
+    factory, begin = outage
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        evaluation_id = row.id
+        assert evaluations.claim_evaluation(session, evaluation_id, "w", 30, 3, now=utcnow())
+        assert evaluations.request_cancel(session, evaluation_id) == "requested"
+        session.commit()
+    spec = {"job_id": job_id, "name": "evaluation e"}
+    with database_away_for(begin, 1.5):
+        result = runner._hand_over_evaluation(
+            factory, evaluation_id, "w", spec, wait=settings.lease_seconds
+        )
+    assert result == {"evaluation_id": evaluation_id, "status": "canceled"}
+    with session_factory() as session:
+        assert session.get(Evaluation, evaluation_id).status == "canceled"
+    assert "evaluation e: canceled: canceled while running" in log_lines(session_factory, job_id)
