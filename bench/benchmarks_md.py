@@ -21,6 +21,8 @@ SECTIONS = [
     ("dyart_tuning_recipe.md", "DyART around the former recipe, λ 1000 (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_lambda.md", "DyART: λ and the search around it (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_cost.md", "DyART at the baselines' cost (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_clip.md", "DyART: clipping and EMA decay (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_more.md", "DyART: more search, α, lr, weight decay (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),

@@ -74,6 +74,9 @@ def parse_args() -> argparse.Namespace:
         "a variant that reproduces a robustness model's weights reuses its results)",
     )  # fmt: skip
     p.add_argument("--train-only", action="store_true", help="train (and attack), write no table")
+    p.add_argument(
+        "--title", default="", help="what this screen asks, for the table's heading (optional)"
+    )
     return p.parse_args()
 
 
@@ -169,6 +172,7 @@ def write_table(
     attacked: dict[str, dict[float, dict | None]] | None = None,
     eps_list: tuple[float, ...] = (),
     base: tuple[str, dict] = ("recipe", {}),
+    title: str = "",
 ):
     attacked = attacked or {}
     head = (
@@ -195,7 +199,8 @@ def write_table(
     val = recipe["val_size"]
     what = f"the recipe with {base[0]}" if base[1] else "the recipe"
     text = (
-        f"# DyART settings on MNIST-10k (validation screen, base: {what})\n\n"
+        f"# DyART settings on MNIST-10k{': ' + title if title else ''} "
+        f"(validation screen, base: {what})\n\n"
         f"DyART trained as in bench/robustness.py, once per variant (overrides of the base "
         f"below). Validation: {val} held-out images, PGD-{recipe['val_pgd_steps']} with the "
         "CW loss at eps 0.3, on the EMA model after each epoch; one standard error near 0.75 "
@@ -234,7 +239,10 @@ def main() -> int:
             name, config, Path(args.work_dir), args.autoattack, args.ledger, args.attack
         )
     if not args.train_only:
-        write_table(args.results, variants, command, attacked, tuple(args.autoattack), args.base)
+        write_table(
+            args.results, variants, command, attacked, tuple(args.autoattack), args.base,
+            args.title,
+        )  # fmt: skip
     return 0
 
 
