@@ -144,6 +144,10 @@ async function startingJob(id) {
   }
 }
 
+/** Whether a field's default comes from the dataset (an eps-like value, the validation
+ * part, the AutoAttack radii): a copied value of it belongs to the copied job's dataset. */
+const fromDataset = (param) => param.default === null && (!!param.eps_scale || ["val_size", "eval_eps"].includes(param.name));
+
 /** The edits that make the form show `config`: every hyperparameter of its method and
  * every training setting it has (one stored before a setting existed keeps that default). */
 function editsFrom(config, catalog) {
@@ -189,8 +193,14 @@ export async function newJobPage(main, { params } = { params: new URLSearchParam
   // A redraw (another method or dataset) keeps what the user gave each field it still has,
   // even one another method lacked; the rest show the method's and dataset's defaults.
   const edits = source ? editsFrom(source.config, catalog) : new Map(); // field -> the value the user gave it
+  // Copied values that depend on the copied job's dataset and were not touched here: another
+  // dataset shows its own defaults for them (MNIST's eps 0.3 is not CIFAR's 8/255).
+  const fields = catalog.train_params.concat(...catalog.methods.map((m) => m.params.map((p) => ({ ...p, name: `hparams.${p.name}` }))));
+  const copied = new Set(source ? fields.filter((p) => fromDataset(p) && edits.has(p.name)).map((p) => p.name) : []);
   const remember = ({ target }) => {
-    if (target.dataset?.field) edits.set(target.dataset.field, target.type === "checkbox" ? target.checked : target.value);
+    if (!target.dataset?.field) return;
+    edits.set(target.dataset.field, target.type === "checkbox" ? target.checked : target.value);
+    copied.delete(target.dataset.field);
   };
   for (const box of [hparamBox, trainBox]) for (const type of ["input", "change"]) box.addEventListener(type, remember);
   function render() {
@@ -206,7 +216,13 @@ export async function newJobPage(main, { params } = { params: new URLSearchParam
       }));
     restoreValues([hparamBox, trainBox], edits);
   }
-  datasetSel.addEventListener("change", render);
+  datasetSel.addEventListener("change", () => {
+    for (const field of copied) {
+      if (datasetSel.value === source.config.dataset) edits.set(field, editsFrom(source.config, catalog).get(field));
+      else edits.delete(field);
+    }
+    render();
+  });
   methodSel.addEventListener("change", render);
   if (source) { // the job's dataset, method and architecture, where this server still has them
     const c = source.config;

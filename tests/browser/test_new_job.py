@@ -101,7 +101,7 @@ def test_a_new_job_starts_from_another_jobs_settings(
     starting makes a job whose config differs from the first only there."""
     first = submit_job(
         name="base", method="trades", lr=0.03, epochs=4, eval_eps=[0.05, 0.1],
-        hparams={"beta": 3.0, "steps": 7}, precision="bf16",
+        hparams={"beta": 3.0, "steps": 7, "eps": 0.2}, precision="bf16",
     )  # fmt: skip
     page, problems = signed_in()
     page.goto(f"{live_server.url}/#/jobs/{first['id']}")
@@ -118,6 +118,18 @@ def test_a_new_job_starts_from_another_jobs_settings(
     assert page.locator("#field-eval_eps").input_value() == "0.05, 0.1"
     assert page.locator("#field-precision").input_value() == "bf16"
     shoot(page, screenshots, "new-job-from-another")
+    # another dataset: the copied eps-like values give way to its defaults, the rest stay
+    catalog = httpx.get(f"{live_server.url}/api/v1/catalog", headers=live_server.headers).json()
+    mnist = next(d for d in catalog["datasets"] if d["name"] == "mnist10k")
+    page.select_option("#field-dataset", "mnist10k")
+    assert float(page.locator("#field-hparams-eps").input_value()) == mnist["eps"]
+    shown = page.locator("#field-eval_eps").input_value()
+    assert [float(e) for e in shown.split(", ")] == mnist["eval_eps"]
+    assert page.locator("#field-hparams-beta").input_value() == "3"
+    assert page.locator("#field-lr").input_value() == "0.03"
+    page.select_option("#field-dataset", "digits")  # back: the copied job's values again
+    assert page.locator("#field-hparams-eps").input_value() == "0.2"
+    assert page.locator("#field-eval_eps").input_value() == "0.05, 0.1"
 
     page.fill("#field-lr", "0.04")
     page.click("#job-form button[type=submit]")
