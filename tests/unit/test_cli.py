@@ -247,11 +247,7 @@ def test_ctrl_c_during_eval_is_one_line_saying_what_is_kept(tmp_path, state_dir)
     argv = ["eval", str(out / "model-best.safetensors"), "--eps", "0.1", "--preset", "fast"]
     argv += ["--n", "30", "--device", "cpu", "--output", str(fifo)]
     argv += ["--state-dir", str(progress)] if state_dir else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dyart.cli", *argv], env=env, cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = _cli_process(argv, tmp_path, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     for line in proc.stdout:  # the JSON is printed before the --output file is opened
         if line.rstrip() == "}":
@@ -286,12 +282,22 @@ def test_eval_help_explains_every_flag(capsys):
     assert "images attacked at once; lower it if the device runs out of memory" in text
 
 
-def _train_process(argv: list[str], cwd: Path) -> subprocess.Popen:
+def _cli_process(argv: list[str], cwd: Path, stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+    """``python -m dyart.cli ARGV`` as a terminal starts it, with Ctrl-C (SIGINT) at its
+    default whatever the test run inherited: a shell's background job ignores SIGINT,
+    its children too, and Python then never raises KeyboardInterrupt."""
+    import signal
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dyart.cli", "train", *argv], env=env, cwd=cwd,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "dyart.cli", *argv], env=env, cwd=cwd,
+        stdout=stdout, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+
+
+def _train_process(argv: list[str], cwd: Path) -> subprocess.Popen:
+    return _cli_process(["train", *argv], cwd)
 
 
 def _pgd_at_argv(dataset: str, arch: str, epochs: int, steps: int, out: Path) -> list[str]:
