@@ -192,7 +192,8 @@ export async function newJobPage(main, { params } = { params: new URLSearchParam
 
   // A redraw (another method or dataset) keeps what the user gave each field it still has,
   // even one another method lacked; the rest show the method's and dataset's defaults.
-  const edits = source ? editsFrom(source.config, catalog) : new Map(); // field -> the value the user gave it
+  const sourceEdits = source ? editsFrom(source.config, catalog) : new Map(); // what the copied job had
+  const edits = new Map(sourceEdits); // field -> the value the user gave it
   // Copied values that depend on the copied job's dataset and were not touched here: another
   // dataset shows its own defaults for them (MNIST's eps 0.3 is not CIFAR's 8/255).
   const fields = catalog.train_params.concat(...catalog.methods.map((m) => m.params.map((p) => ({ ...p, name: `hparams.${p.name}` }))));
@@ -218,7 +219,7 @@ export async function newJobPage(main, { params } = { params: new URLSearchParam
   }
   datasetSel.addEventListener("change", () => {
     for (const field of copied) {
-      if (datasetSel.value === source.config.dataset) edits.set(field, editsFrom(source.config, catalog).get(field));
+      if (datasetSel.value === source.config.dataset) edits.set(field, sourceEdits.get(field));
       else edits.delete(field);
     }
     render();

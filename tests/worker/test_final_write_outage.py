@@ -99,6 +99,16 @@ def database_away_for(begin: Callable, seconds: float) -> Iterator[None]:
         restore()
 
 
+def _running_evaluation(session_factory, job_id) -> str:
+    """A small evaluation of the job, claimed by worker "w"; its id."""
+    with session_factory() as session:
+        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
+        session.add(row)
+        session.commit()
+        assert evaluations.claim_evaluation(session, row.id, "w", 30, 3, now=utcnow())
+        return row.id
+
+
 def _claim(session_factory, job_id, worker):
     with session_factory() as session:
         assert jobs.claim_job(session, job_id, worker, 30)
@@ -131,12 +141,7 @@ def test_an_evaluation_result_is_written_through_a_short_outage(
     settings, session_factory, job_id, outage
 ):
     factory, begin = outage
-    with session_factory() as session:
-        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        evaluation_id = row.id
-        assert evaluations.claim_evaluation(session, evaluation_id, "w", 30, 3, now=utcnow())
+    evaluation_id = _running_evaluation(session_factory, job_id)
     values = {"status": "succeeded", "results": [{"eps": 0.1, "robust_acc": 0.5}]}
     with database_away_for(begin, 1.5):
         spec = {"job_id": job_id, "name": "evaluation e"}
@@ -205,12 +210,8 @@ def test_an_evaluation_is_handed_over_through_a_short_outage(
     settings, session_factory, job_id, outage
 ):
     factory, begin = outage
+    evaluation_id = _running_evaluation(session_factory, job_id)
     with session_factory() as session:
-        row = Evaluation(job_id=job_id, preset="fast", n=10, eps=[0.1])
-        session.add(row)
-        session.commit()
-        evaluation_id = row.id
-        assert evaluations.claim_evaluation(session, evaluation_id, "w", 30, 3, now=utcnow())
         assert evaluations.request_cancel(session, evaluation_id) == "requested"
         session.commit()
     spec = {"job_id": job_id, "name": "evaluation e"}
