@@ -128,8 +128,14 @@ def migrated_database(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_db() -> int:
-    return random.randint(1, 15)
+def redis_db(request) -> int:
+    """A Redis database number for this test process. Under pytest-xdist the workers
+    share one random start and take consecutive numbers, so no two flush each other's."""
+    workerinput = getattr(request.config, "workerinput", None)
+    if workerinput is None:
+        return random.randint(1, 15)
+    start = int(workerinput["testrunuid"], 16) % 15
+    return 1 + (start + int(workerinput["workerid"].removeprefix("gw"))) % 15
 
 
 def _empty_postgres(url: str) -> None:
