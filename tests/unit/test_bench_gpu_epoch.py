@@ -23,13 +23,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # bf16 runs on the small CNN: on a CPU without bf16 instructions (AVX512-BF16) a bf16
 # WideResNet step is 15-20x slower than fp32, minutes for this test alone
 @pytest.mark.parametrize(
-    ("arch", "run", "title"),
+    ("arch", "run", "title", "precision", "channels_last"),
     [
-        ("wide_resnet_16_4_silu", "fp32", "fp32"),
-        ("small_cnn", "bf16+cl", "bf16 autocast, channels-last"),
+        ("wide_resnet_16_4_silu", "fp32", "fp32", "fp32", False),
+        ("small_cnn", "bf16+cl", "bf16 autocast, channels-last", "bf16", True),
     ],
 )
-def test_one_epoch_counts_every_pass_and_writes_the_table(tmp_path, arch, run, title):
+def test_one_epoch_counts_every_pass_and_writes_the_table(
+    tmp_path, arch, run, title, precision, channels_last
+):
     results = tmp_path / "gpu.md"
     argv = [
         "--device", "cpu", "--arch", arch, "--n", "64",
@@ -50,7 +52,6 @@ def test_one_epoch_counts_every_pass_and_writes_the_table(tmp_path, arch, run, t
     # weights stay put: the search runs on (nearly) every point
     assert row["searched"] > 0.9
     assert row["fraction"] == row["achieved_tflops"] / 2
-    precision, channels_last = ("bf16", True) if run == "bf16+cl" else ("fp32", False)
     assert (row["precision"], row["channels_last"]) == (precision, channels_last)
     text = results.read_text()
     assert "| run | seconds per epoch |" in text

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -237,8 +238,6 @@ def test_a_config_that_is_a_folder_is_named_a_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("state_dir", [True, False])
 def test_ctrl_c_during_eval_is_one_line_saying_what_is_kept(tmp_path, state_dir):
-    import signal
-
     out = tmp_path / "run"
     assert main(["train", *TINY, "--eval-eps", "--out", str(out)]) == 0
     fifo = tmp_path / "results.json"
@@ -286,8 +285,6 @@ def _cli_process(argv: list[str], cwd: Path, stdout: int = subprocess.DEVNULL) -
     """``python -m dyart.cli ARGV`` as a terminal starts it, with Ctrl-C (SIGINT) at its
     default whatever the test run inherited: a shell's background job ignores SIGINT,
     its children too, and Python then never raises KeyboardInterrupt."""
-    import signal
-
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "dyart.cli", *argv], env=env, cwd=cwd,
@@ -323,7 +320,6 @@ def _read_until(proc: subprocess.Popen, start: str) -> list[str]:
 
 def test_ctrl_c_in_training_saves_and_stops_and_the_same_command_resumes(tmp_path, caplog):
     import logging
-    import signal
 
     out = tmp_path / "run"
     argv = _pgd_at_argv("synthetic", "small_cnn", epochs=8, steps=200, out=out)
@@ -360,8 +356,6 @@ def test_ctrl_c_in_training_saves_and_stops_and_the_same_command_resumes(tmp_pat
 
 
 def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_last_saved_state(tmp_path):
-    import signal
-
     from dyart import checkpoint
 
     out = tmp_path / "run"
