@@ -17,9 +17,10 @@ The token the stream was opened with is checked again every
 ``ACCESS_RECHECK_SECONDS``: once it is revoked (or its user may no longer see the
 job) the stream closes, without ``end``; the client's reconnect gets the 401.
 
-Event ids are ``<last metric id>-<last log id>``: a client that reconnects with
-``Last-Event-ID`` (or ``?since=``) gets only the rows it has not seen, plus the
-current job and evaluations.
+Event ids are ``<metric seq>-<log seq>``, the job's own numbers of the last metric
+write and log line sent (db.models: a re-run epoch's row takes a new number, so it
+is sent again): a client that reconnects with ``Last-Event-ID`` (or ``?since=``)
+gets only the rows it has not seen, plus the current job and evaluations.
 
 Every stream of the process polls through one narrow lane of ``POLL_THREADS``
 threads, not the threadpool that serves the other requests: a poll holds a thread
@@ -55,7 +56,7 @@ KEEPALIVE_SECONDS = 15.0
 ACCESS_RECHECK_SECONDS = 10.0  # a revoked token's open stream ends within about this
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
-_MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER columns (32 bits in Postgres)
+_MAX_SEQ = 2**31 - 1  # seq columns are INTEGER (32 bits in Postgres)
 LOG_BATCH = 1000  # log rows per poll; a longer backlog goes out over the next polls
 # Threads (so also database connections) all streams' polls share; well under the
 # pool's 5 + 10 connections and the 40 threads of the request threadpool.
@@ -71,7 +72,7 @@ UNAVAILABLE = (
 
 @dataclass
 class Cursor:
-    """The last metric and log row ids a client has seen."""
+    """The last metric and log ``seq`` of the job a client has seen."""
 
     metric: int = 0
     log: int = 0
@@ -83,7 +84,7 @@ class Cursor:
             metric, log = (int(part) for part in (text or "").split("-"))
         except ValueError:
             return cls()
-        return cls(min(max(metric, 0), _MAX_ROW_ID), min(max(log, 0), _MAX_ROW_ID))
+        return cls(min(max(metric, 0), _MAX_SEQ), min(max(log, 0), _MAX_SEQ))
 
     def __str__(self) -> str:
         return f"{self.metric}-{self.log}"
@@ -126,19 +127,19 @@ def take_snapshot(
             return Snapshot(job=None, refused=True)
         metrics = session.scalars(
             select(JobMetric)
-            .where(JobMetric.job_id == job_id, JobMetric.id > cursor.metric)
-            .order_by(JobMetric.id)
+            .where(JobMetric.job_id == job_id, JobMetric.seq > cursor.metric)
+            .order_by(JobMetric.seq)
         )
         logs = session.scalars(
             select(JobLog)
-            .where(JobLog.job_id == job_id, JobLog.id > cursor.log)
-            .order_by(JobLog.id)
+            .where(JobLog.job_id == job_id, JobLog.seq > cursor.log)
+            .order_by(JobLog.seq)
             .limit(LOG_BATCH)
         ).all()
         return Snapshot(
             job=job_public(session, job).model_dump(mode="json"),
-            metrics=[(m.id, metric_public(m).model_dump(mode="json")) for m in metrics],
-            logs=[(r.id, log_line(r).model_dump(mode="json")) for r in logs],
+            metrics=[(m.seq, metric_public(m).model_dump(mode="json")) for m in metrics],
+            logs=[(r.seq, log_line(r).model_dump(mode="json")) for r in logs],
             evaluations=[e.model_dump(mode="json") for e in job_evaluations(session, job)],
             more_logs=len(logs) == LOG_BATCH,
         )

@@ -194,7 +194,7 @@ class MetricsPage(BaseModel):
 
 
 class LogLine(BaseModel):
-    id: int = Field(description="increases with every line of the server; `?after=` takes it")
+    id: int = Field(description="the line's number in its job's log, from 1; `?after=` takes it")
     ts: UtcDatetime
     level: str
     message: str

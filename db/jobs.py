@@ -22,9 +22,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, literal, or_, select, text, update
+from sqlalchemy import case, func, literal, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from db.locks import hold_row
 from db.models import (
     FINAL_STATUSES,
     METRIC_COLUMNS,
@@ -365,19 +366,25 @@ def set_progress(
 def record_metric(
     session: Session, job_id: str, stage: str, epoch: int, row: dict[str, Any]
 ) -> JobMetric:
-    """Insert the epoch's row, or update it if that epoch already has one (a re-run)."""
+    """Insert the epoch's row, or update it if that epoch already has one (a re-run).
+
+    Either way the row takes the job's next ``seq``, so a stream that has sent the
+    old values sends the new ones.
+    """
     values = {k: _number(row.get(k)) for k in METRIC_COLUMNS}
+    seq = _next_seq(session, JobMetric, job_id)
     metric = session.scalars(
         select(JobMetric).where(
             JobMetric.job_id == job_id, JobMetric.stage == stage, JobMetric.epoch == epoch
         )
     ).first()
     if metric is None:
-        metric = JobMetric(job_id=job_id, stage=stage, epoch=epoch, **values)
+        metric = JobMetric(job_id=job_id, stage=stage, epoch=epoch, seq=seq, **values)
         session.add(metric)
     else:
         for key, value in values.items():
             setattr(metric, key, value)
+        metric.seq = seq
         metric.created_at = utcnow()
     session.flush()
     return metric
@@ -393,23 +400,33 @@ def _number(value: Any) -> float | None:
 
 
 def add_log(session: Session, job_id: str, message: str, level: str = "INFO") -> JobLog:
-    """Append a line to the job's log.
-
-    A reader follows a log by line id (``GET /jobs/{id}/log?after=``). On Postgres an
-    id is drawn when the line is inserted, and two transactions can commit in the
-    other order: the reader would see the later id first and pass over the earlier
-    line for good. So the lines of one job are written one transaction at a time,
-    under a transaction-scoped advisory lock on the job (SQLite writes one at a time
-    anyway): a job's lines become visible in id order.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"job-log:{job_id}"}
-        )
-    line = JobLog(job_id=job_id, level=level, message=message)
+    """Append a line to the job's log; it takes the job's next ``seq``."""
+    seq = _next_seq(session, JobLog, job_id)
+    line = JobLog(job_id=job_id, seq=seq, level=level, message=message)
     session.add(line)
     session.flush()
     return line
+
+
+def _next_seq(session: Session, model: type[JobLog] | type[JobMetric], job_id: str) -> int:
+    """The next number of the job's log lines or metric rows, counted per job.
+
+    A reader follows a job by these numbers (``GET /jobs/{id}/log?after=``, the event
+    stream's cursor), so they must become visible in order: a reader that saw 8 before
+    7 was committed would pass over 7 for good. So the rows of one job are numbered and
+    written one transaction at a time: on Postgres under a transaction-scoped advisory
+    lock on the job and the table; on SQLite under the database's write lock, taken
+    before the read (the driver starts a transaction only at the first write, so two
+    sessions could otherwise read the same last number). The unique key (job_id, seq)
+    turns any other race into an error, never into two rows with one number.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        key = f"{model.__tablename__}:{job_id}"
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+    else:
+        hold_row(session, Job, job_id)
+    last = session.scalar(select(func.max(model.seq)).where(model.job_id == job_id))
+    return (last or 0) + 1
 
 
 def requeue_stale_jobs(

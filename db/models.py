@@ -144,13 +144,22 @@ class Job(Base):
 
 
 class JobMetric(Base):
-    """One epoch's aggregated row; a re-run epoch replaces its row (unique key)."""
+    """One epoch's aggregated row; a re-run epoch replaces its row (unique key).
+
+    ``seq`` numbers the job's metric writes 1, 2, 3, ...: a re-run epoch's row takes the
+    next number, so a client following the job past ``seq`` is sent the new values.
+    Clients see ``seq``, never ``id``, which counts every user's rows.
+    """
 
     __tablename__ = "job_metric"
-    __table_args__ = (UniqueConstraint("job_id", "stage", "epoch"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "stage", "epoch"),
+        Index("uq_job_metric_job_id_seq", "job_id", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    seq: Mapped[int]
     stage: Mapped[str] = mapped_column(String(20))
     epoch: Mapped[int]
     lr: Mapped[float | None] = mapped_column(Float)
@@ -248,13 +257,18 @@ class Evaluation(Base):
 
 
 class JobLog(Base):
-    """One log line of a job, in order of ``id``."""
+    """One log line of a job: ``seq`` is its number in the job's log (1, 2, 3, ...).
+
+    Clients see ``seq``, never ``id``: ids count every user's lines, so the gaps
+    between one job's ids would tell its owner how busy everyone else is.
+    """
 
     __tablename__ = "job_log"
-    __table_args__ = (Index("ix_job_log_job_id_id", "job_id", "id"),)
+    __table_args__ = (Index("uq_job_log_job_id_seq", "job_id", "seq", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    seq: Mapped[int]
     ts: Mapped[datetime] = mapped_column(default=utcnow)
     level: Mapped[str] = mapped_column(String(10), default="INFO")
     message: Mapped[str] = mapped_column(Text)

@@ -9,7 +9,7 @@ from contextlib import closing
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from db.models import Base
 from db.session import downgrade_database, engine_for_url, upgrade_database
@@ -89,8 +89,8 @@ def _add_job_with_children(url: str) -> None:
             session.flush()
             session.add_all(
                 [
-                    JobLog(job_id=job.id, message="hello"),
-                    JobMetric(job_id=job.id, stage="train", epoch=1, train_loss=0.5),
+                    JobLog(job_id=job.id, seq=1, message="hello"),
+                    JobMetric(job_id=job.id, seq=1, stage="train", epoch=1, train_loss=0.5),
                     Checkpoint(job_id=job.id, kind="latest", path="x/latest.pt", size=1, sha256=""),
                     Evaluation(job_id=job.id, preset="fast", n=10, eps=[0.1]),
                 ]
@@ -112,7 +112,7 @@ def _row_counts(url: str) -> dict[str, int]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("previous", ["0006", "0005", "0004", "0003", "0002", "0001"])
+@pytest.mark.parametrize("previous", ["0007", "0006", "0005", "0004", "0003", "0002", "0001"])
 def test_downgrade_and_upgrade_keep_a_jobs_rows(empty_database, previous):
     # SQLite alters `job` by copying it to a new table and dropping the old one; with
     # foreign keys on, that drop cascades to every log line, metric and checkpoint.
@@ -134,7 +134,9 @@ def test_a_migration_leaving_a_broken_reference_is_rolled_back_on_sqlite(tmp_pat
     url = f"sqlite:///{tmp_path}/orphan.db"
     upgrade_database(url)
     with closing(sqlite3.connect(tmp_path / "orphan.db")) as conn, conn:
-        conn.execute("INSERT INTO job_log (job_id, ts, level, message) VALUES ('x', 0, 'I', '')")
+        conn.execute(
+            "INSERT INTO job_log (job_id, seq, ts, level, message) VALUES ('x', 1, 0, 'I', '')"
+        )
 
     with pytest.raises(Exception, match=r"1 row\(s\) referring to missing rows \(job_log row 1"):
         downgrade_database(url, "0001")
@@ -142,7 +144,49 @@ def test_a_migration_leaving_a_broken_reference_is_rolled_back_on_sqlite(tmp_pat
     engine = engine_for_url(url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
     finally:
         engine.dispose()
     assert _diff(url) == []
+
+
+def test_upgrade_numbers_each_jobs_existing_rows_from_one_in_their_order(empty_database):
+    """Rows written before per-job numbers get them: 1, 2, 3, ... within each job, in
+    the order they were written, however the jobs' rows were interleaved."""
+    from db.models import Job, User
+
+    upgrade_database(empty_database, "0007")
+    engine = engine_for_url(empty_database)
+    try:
+        with engine.begin() as conn:  # the job and user tables are the same at 0007
+            conn.execute(insert(User).values(id="u", name="ann"))
+            conn.execute(insert(Job), [{"id": job, "owner_id": "u", "method": "dyart",
+                                        "dataset": "digits"} for job in "ab"])  # fmt: skip
+            for n, job in enumerate("abbab"):
+                conn.execute(
+                    text("INSERT INTO job_log (job_id, ts, level, message) "
+                         "VALUES (:job, CURRENT_TIMESTAMP, 'INFO', :message)"),
+                    {"job": job, "message": f"{job}{n}"},
+                )  # fmt: skip
+            for epoch, job in enumerate("baa", start=1):
+                conn.execute(
+                    text("INSERT INTO job_metric (job_id, stage, epoch, created_at) "
+                         "VALUES (:job, 'train', :epoch, CURRENT_TIMESTAMP)"),
+                    {"job": job, "epoch": epoch},
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+
+    upgrade_database(empty_database)
+    engine = engine_for_url(empty_database)
+    try:
+        with engine.connect() as conn:
+            logs = conn.execute(text("SELECT job_id, seq, message FROM job_log ORDER BY id"))
+            metrics = conn.execute(text("SELECT job_id, seq, epoch FROM job_metric ORDER BY id"))
+            assert [tuple(r) for r in logs] == [
+                ("a", 1, "a0"), ("b", 1, "b1"), ("b", 2, "b2"), ("a", 2, "a3"), ("b", 3, "b4"),
+            ]  # fmt: skip
+            assert [tuple(r) for r in metrics] == [("b", 1, 1), ("a", 1, 2), ("a", 2, 3)]
+    finally:
+        engine.dispose()
+    assert _diff(empty_database) == []

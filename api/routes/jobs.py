@@ -88,7 +88,7 @@ def metric_public(row: JobMetric) -> MetricPublic:
 
 
 def log_line(row: JobLog) -> LogLine:
-    return LogLine(id=row.id, ts=row.ts, level=row.level, message=row.message)
+    return LogLine(id=row.seq, ts=row.ts, level=row.level, message=row.message)
 
 
 def _progress(job: Job, total: int, latest: JobMetric | None) -> float:
@@ -399,15 +399,16 @@ def job_log(
     after: int | None = Query(
         None,
         ge=0,
-        le=2**31 - 1,  # line ids are 32-bit integers in Postgres
-        description="only lines after this line id (follow a log: pass the last id)",
+        le=2**31 - 1,  # line numbers are 32-bit integers in Postgres
+        description="only lines after this line's `id`, its number in the job's log "
+        "(follow a log: pass the last one seen)",
     ),
 ) -> LogPage:
     """The last ``tail`` log lines of the job, oldest first; with ``after``, the first
     ``tail`` lines after that one."""
     query = select(JobLog).where(JobLog.job_id == job.id)
     if after is not None:
-        rows = session.scalars(query.where(JobLog.id > after).order_by(JobLog.id).limit(tail))
+        rows = session.scalars(query.where(JobLog.seq > after).order_by(JobLog.seq).limit(tail))
         return LogPage(lines=[log_line(r) for r in rows])
-    rows = session.scalars(query.order_by(JobLog.id.desc()).limit(tail)).all()
+    rows = session.scalars(query.order_by(JobLog.seq.desc()).limit(tail)).all()
     return LogPage(lines=[log_line(r) for r in reversed(rows)])

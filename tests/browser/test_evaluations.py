@@ -13,7 +13,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from db.models import Checkpoint, Evaluation, JobMetric, utcnow
+from db.jobs import record_metric
+from db.models import Checkpoint, Evaluation, utcnow
 from tests.browser.test_dashboard import shoot
 from tests.browser.test_job_page import cancel
 
@@ -252,7 +253,7 @@ def add_metrics(session_factory, job_id: str, *rows: tuple[str, int, float]) -> 
     """Metric rows (stage, epoch, training loss), as a worker writes them after each epoch."""
     with session_factory() as session:
         for stage, epoch, loss in rows:
-            session.add(JobMetric(job_id=job_id, stage=stage, epoch=epoch, train_loss=loss))
+            record_metric(session, job_id, stage, epoch, {"train_loss": loss})
         session.commit()
 
 

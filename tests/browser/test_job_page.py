@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from db.models import Checkpoint, Evaluation, Job, JobLog
+from db import jobs
+from db.models import Checkpoint, Evaluation, Job
 from tests.browser.test_dashboard import shoot
 
 pytestmark = pytest.mark.browser
@@ -22,7 +23,8 @@ MAX_LOG_LINES = 500  # frontend/js/logpane.js
 
 def add_log(session_factory, job_id: str, messages: list[str]) -> None:
     with session_factory() as session:
-        session.add_all(JobLog(job_id=job_id, level="INFO", message=m) for m in messages)
+        for message in messages:
+            jobs.add_log(session, job_id, message)
         session.commit()
 
 

@@ -4,7 +4,8 @@ import json
 import threading
 import time
 
-from db.models import Evaluation, Job, JobLog, JobMetric
+from db.jobs import add_log, record_metric
+from db.models import Evaluation, Job
 
 
 def parse_sse(text):
@@ -35,9 +36,9 @@ def read_stream(response, signal, when):
 def _add_rows(app, job_id, metrics=(), logs=()):
     with app.state.session_factory() as session:
         for stage, epoch in metrics:
-            session.add(JobMetric(job_id=job_id, stage=stage, epoch=epoch, train_loss=1.0))
+            record_metric(session, job_id, stage, epoch, {"train_loss": 1.0})
         for message in logs:
-            session.add(JobLog(job_id=job_id, level="INFO", message=message))
+            add_log(session, job_id, message)
         session.commit()
 
 
@@ -89,6 +90,43 @@ def test_events_resume_after_last_event_id(client, make_job, app):
     last = first[-1][0]
     by_query = parse_sse(client().get(f"/api/v1/jobs/{job['id']}/events?since={last}").text)
     assert [k for _, k, _ in by_query] == ["job", "end"]
+
+
+def test_a_jobs_numbers_count_its_own_rows_not_other_users(client, make_job, app, bob):
+    """Line ids and event ids are the job's own numbers, 1, 2, 3, ...: rows other users'
+    jobs write in between leave no gaps that would show how busy the service is."""
+    mine = make_job(client, status="succeeded")
+    theirs = make_job(client, user=bob, status="running")
+    _add_rows(app, mine["id"], metrics=[("train", 1)], logs=["a"])
+    _add_rows(app, theirs["id"], metrics=[("train", 1), ("train", 2)], logs=["x", "y", "z"])
+    _add_rows(app, mine["id"], metrics=[("train", 2)], logs=["b"])
+    lines = client().get(f"/api/v1/jobs/{mine['id']}/log").json()["lines"]
+    assert [(line["id"], line["message"]) for line in lines] == [(1, "a"), (2, "b")]
+    events = parse_sse(client().get(f"/api/v1/jobs/{mine['id']}/events").text)
+    assert [(i, k) for i, k, _ in events if k in ("metric", "log")] == [
+        ("1-0", "metric"), ("2-0", "metric"), ("2-1", "log"), ("2-2", "log"),
+    ]  # fmt: skip
+    theirs_lines = client(bob).get(f"/api/v1/jobs/{theirs['id']}/log").json()["lines"]
+    assert [line["id"] for line in theirs_lines] == [1, 2, 3]
+
+
+def test_a_rerun_epoch_is_sent_again_to_a_client_that_had_its_first_values(client, make_job, app):
+    """A job resumed after a crash trains an epoch again and replaces its metrics row: a
+    client following past that row gets the new values (the row takes a new number)."""
+    job = make_job(client, status="succeeded")
+    _add_rows(app, job["id"], metrics=[("train", 1), ("train", 2)])
+    seen = parse_sse(client().get(f"/api/v1/jobs/{job['id']}/events").text)[-1][0]
+    with app.state.session_factory() as session:
+        record_metric(session, job["id"], "train", 2, {"train_loss": 0.25})
+        session.commit()
+    again = parse_sse(
+        client().get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": seen}).text
+    )
+    assert [(i, d["epoch"], d["train_loss"]) for i, k, d in again if k == "metric"] == [
+        ("3-0", 2, 0.25)
+    ]
+    metrics = client().get(f"/api/v1/jobs/{job['id']}/metrics").json()["items"]
+    assert [(m["epoch"], m["train_loss"]) for m in metrics] == [(1, 1.0), (2, 0.25)]
 
 
 def test_events_wait_for_pending_evaluation(client, make_job, app):
@@ -160,7 +198,7 @@ def test_event_stream_stays_open_through_a_database_outage(tmp_path, caplog):
     def back_and_finish():
         away.rename(folder)
         with factory() as session:
-            session.add(JobMetric(job_id=job_id, stage="train", epoch=1, train_loss=1.0))
+            record_metric(session, job_id, "train", 1, {"train_loss": 1.0})
             session.get(Job, job_id).status = "succeeded"
             session.commit()
 

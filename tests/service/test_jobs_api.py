@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from db.jobs import add_log, record_metric
 from db.models import Checkpoint, Evaluation, Job, JobLog, JobMetric
 
 
@@ -146,14 +147,12 @@ def test_resume_other_states_is_409(client, make_job, status):
 
 
 def test_metrics_log_and_progress_come_from_the_rows(client, make_job, app):
-    from db.models import JobLog, JobMetric
-
     job = make_job(client, status="running", stage="train", epoch=1)
     with app.state.session_factory() as session:
         for stage, epoch, acc in (("burn_in", 1, 0.1), ("burn_in", 2, 0.2), ("train", 1, 0.4)):
-            session.add(JobMetric(job_id=job["id"], stage=stage, epoch=epoch, val_pgd_acc=acc))
+            record_metric(session, job["id"], stage, epoch, {"val_pgd_acc": acc})
         for i in range(5):
-            session.add(JobLog(job_id=job["id"], level="INFO", message=f"line {i}"))
+            add_log(session, job["id"], f"line {i}")
         session.commit()
     metrics = client().get(f"/api/v1/jobs/{job['id']}/metrics").json()["items"]
     assert [(m["stage"], m["epoch"], m["val_pgd_acc"]) for m in metrics] == [
@@ -164,12 +163,10 @@ def test_metrics_log_and_progress_come_from_the_rows(client, make_job, app):
     log = client().get(f"/api/v1/jobs/{job['id']}/log?tail=2").json()["lines"]
     assert [line["message"] for line in log] == ["line 3", "line 4"]
     everything = client().get(f"/api/v1/jobs/{job['id']}/log").json()["lines"]
-    first = everything[0]["id"]
-    assert [line["id"] for line in everything] == list(range(first, first + 5))
-    after = client().get(f"/api/v1/jobs/{job['id']}/log?after={first}&tail=2").json()["lines"]
+    assert [line["id"] for line in everything] == [1, 2, 3, 4, 5]  # numbered in the job
+    after = client().get(f"/api/v1/jobs/{job['id']}/log?after=1&tail=2").json()["lines"]
     assert [line["message"] for line in after] == ["line 1", "line 2"]
-    last = everything[-1]["id"]
-    assert client().get(f"/api/v1/jobs/{job['id']}/log?after={last}").json()["lines"] == []
+    assert client().get(f"/api/v1/jobs/{job['id']}/log?after=5").json()["lines"] == []
     bad = client().get(f"/api/v1/jobs/{job['id']}/log?after=-1")
     assert bad.status_code == 422 and "after" in bad.text
     got = client().get(f"/api/v1/jobs/{job['id']}").json()
@@ -187,7 +184,7 @@ def test_a_running_job_has_a_time_left_while_it_trains_and_none_during_autoattac
     started = datetime.now(UTC) - timedelta(seconds=60)
     training = make_job(client, status="running", stage="train", epoch=1, started_at=started)
     with app.state.session_factory() as session:
-        session.add(JobMetric(job_id=training["id"], stage="train", epoch=1, train_loss=1.0))
+        record_metric(session, training["id"], "train", 1, {"train_loss": 1.0})
         session.commit()
     training = client().get(f"/api/v1/jobs/{training['id']}").json()
     assert training["progress"] == pytest.approx(3 / 4)  # 2 burn-in + 1 of 2 train epochs
@@ -204,8 +201,8 @@ def test_a_finished_job_is_deleted_with_its_rows_and_files(client, make_job, app
     folder.mkdir(parents=True)
     (folder / "model-final.safetensors").write_bytes(b"weights")
     with app.state.session_factory() as session:
-        session.add(JobMetric(job_id=job["id"], stage="train", epoch=1, train_loss=1.0))
-        session.add(JobLog(job_id=job["id"], level="INFO", message="done"))
+        record_metric(session, job["id"], "train", 1, {"train_loss": 1.0})
+        add_log(session, job["id"], "done")
         weights = f"jobs/{job['id']}/model-final.safetensors"
         row = Checkpoint(job_id=job["id"], kind="final", stage="train", epoch=1,
                          path=weights, size=7, sha256="f" * 64)  # fmt: skip

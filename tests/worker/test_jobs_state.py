@@ -254,9 +254,9 @@ def test_record_metric_upserts_a_rerun_epoch(session_factory, job_id):
         jobs.record_metric(session, job_id, "train", 2, {"train_loss": float("inf")})
         session.commit()
         rows = session.scalars(select(JobMetric).order_by(JobMetric.epoch)).all()
-        assert [(r.epoch, r.train_loss, r.lr, r.val_pgd_acc) for r in rows] == [
-            (1, 1.5, None, None),
-            (2, None, None, None),
+        assert [(r.epoch, r.train_loss, r.lr, r.val_pgd_acc, r.seq) for r in rows] == [
+            (1, 1.5, None, None, 2),  # the rewrite took the next number: streams send it
+            (2, None, None, None, 3),
         ]
 
 
@@ -350,11 +350,46 @@ def test_add_log_keeps_order(session_factory, job_id):
         for i in range(3):
             jobs.add_log(session, job_id, f"line {i}")
         session.commit()
-        lines = session.scalars(
-            select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
+        lines = session.execute(
+            select(JobLog.seq, JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
         )
-        assert list(lines) == ["line 0", "line 1", "line 2"]
+        assert [tuple(line) for line in lines] == [(1, "line 0"), (2, "line 1"), (3, "line 2")]
         assert session.scalar(select(func.count()).select_from(JobLog)) == 3
+
+
+def test_writers_at_once_number_a_jobs_rows_without_gaps_or_repeats(session_factory, job_id):
+    """Threads that each write log lines and metric rows of one job in their own short
+    transactions, as the runner, its heartbeat and the sweep do: every row gets its own
+    number, 1 to n, and none is lost to a clash."""
+    import threading
+
+    writers, each = 6, 8
+    failures: list[BaseException] = []
+    start = threading.Barrier(writers)
+
+    def write(writer: int) -> None:
+        try:
+            start.wait(timeout=30)
+            for i in range(each):
+                with session_factory() as session:
+                    jobs.add_log(session, job_id, f"{writer}.{i}")
+                    session.commit()
+                with session_factory() as session:
+                    jobs.record_metric(session, job_id, "train", writer * each + i, {"lr": 0.1})
+                    session.commit()
+        except BaseException as exc:  # reported below, with the writer's rows missing
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert failures == []
+    with session_factory() as session:
+        for model in (JobLog, JobMetric):
+            seqs = session.scalars(select(model.seq).where(model.job_id == job_id)).all()
+            assert sorted(seqs) == list(range(1, writers * each + 1)), model.__tablename__
 
 
 def test_evaluation_lease_is_exclusive_and_stale_ones_requeue(session_factory, job_id):
