@@ -17,10 +17,14 @@ The token the stream was opened with is checked again every
 ``ACCESS_RECHECK_SECONDS``: once it is revoked (or its user may no longer see the
 job) the stream closes, without ``end``; the client's reconnect gets the 401.
 
-Event ids are ``<metric seq>-<log seq>``, the job's own numbers of the last metric
+Event ids are ``<metric seq>.<log seq>``, the job's own numbers of the last metric
 write and log line sent (db.models: a re-run epoch's row takes a new number, so it
 is sent again): a client that reconnects with ``Last-Event-ID`` (or ``?since=``)
-gets only the rows it has not seen, plus the current job and evaluations.
+gets only the rows it has not seen, plus the current job and evaluations. An id
+of another form, such as the ``<row id>-<row id>`` of versions before migration
+0008 that a tab open across the upgrade sends, starts from the beginning: the
+dashboard drops log lines it already shows (by their number) and replaces metric
+rows by stage and epoch, so it shows nothing twice and misses nothing.
 
 Every stream of the process polls through one narrow lane of ``POLL_THREADS``
 threads, not the threadpool that serves the other requests: a poll holds a thread
@@ -79,15 +83,15 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str | None) -> Cursor:
-        """Read ``"<metric>-<log>"``; anything unreadable starts from the beginning."""
+        """Read ``"<metric>.<log>"``; anything unreadable starts from the beginning."""
         try:
-            metric, log = (int(part) for part in (text or "").split("-"))
+            metric, log = (int(part) for part in (text or "").split("."))
         except ValueError:
             return cls()
         return cls(min(max(metric, 0), _MAX_SEQ), min(max(log, 0), _MAX_SEQ))
 
     def __str__(self) -> str:
-        return f"{self.metric}-{self.log}"
+        return f"{self.metric}.{self.log}"
 
 
 @dataclass

@@ -117,6 +117,39 @@ def test_resume_follows_the_job_again(live_server, signed_in, submit_job, sessio
     assert problems.unexpected() == []
 
 
+def test_a_stream_that_starts_again_from_the_beginning_shows_no_line_twice(
+    live_server, signed_in, submit_job, session_factory
+):
+    """A tab open across the upgrade to per-job numbers reconnects with an event id of
+    the old form (``<row id>-<row id>``); the server cannot read it and sends the job
+    from its first row. The page shows every line once, old and new."""
+    sent_ids: list[str] = []
+
+    def old_form(route) -> None:
+        headers = dict(route.request.headers)
+        if "last-event-id" in headers:
+            sent_ids.append(headers["last-event-id"])
+            headers["last-event-id"] = "81234-95678"
+        route.continue_(headers=headers)
+
+    before = [f"before-{i}" for i in range(5)]
+    job, page, problems = open_canceled_job(
+        live_server, signed_in, submit_job, session_factory, before
+    )
+    pane_ends_with(page, "before-4")
+    page.route("**/events*", old_form)
+    page.click("#resume")
+    page.locator("#summary .badge-queued").wait_for()
+    add_log(session_factory, job["id"], ["after-resume"])
+    pane_ends_with(page, "after-resume")
+    cancel(live_server, job["id"])
+    page.locator("#summary .badge-canceled").wait_for(timeout=15_000)
+    assert sent_ids and sent_ids[0].endswith(".5")  # the page resumed after line 5
+    counts = Counter(m for m in shown_messages(page) if m.startswith(("before-", "after-")))
+    assert len(counts) == 6 and set(counts.values()) == {1}, counts
+    assert problems.unexpected() == []
+
+
 def test_failed_evaluation_shows_its_error(
     live_server, signed_in, submit_job, session_factory, screenshots
 ):

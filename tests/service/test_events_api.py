@@ -104,7 +104,7 @@ def test_a_jobs_numbers_count_its_own_rows_not_other_users(client, make_job, app
     assert [(line["id"], line["message"]) for line in lines] == [(1, "a"), (2, "b")]
     events = parse_sse(client().get(f"/api/v1/jobs/{mine['id']}/events").text)
     assert [(i, k) for i, k, _ in events if k in ("metric", "log")] == [
-        ("1-0", "metric"), ("2-0", "metric"), ("2-1", "log"), ("2-2", "log"),
+        ("1.0", "metric"), ("2.0", "metric"), ("2.1", "log"), ("2.2", "log"),
     ]  # fmt: skip
     theirs_lines = client(bob).get(f"/api/v1/jobs/{theirs['id']}/log").json()["lines"]
     assert [line["id"] for line in theirs_lines] == [1, 2, 3]
@@ -123,7 +123,7 @@ def test_a_rerun_epoch_is_sent_again_to_a_client_that_had_its_first_values(clien
         client().get(f"/api/v1/jobs/{job['id']}/events", headers={"Last-Event-ID": seen}).text
     )
     assert [(i, d["epoch"], d["train_loss"]) for i, k, d in again if k == "metric"] == [
-        ("3-0", 2, 0.25)
+        ("3.0", 2, 0.25)
     ]
     metrics = client().get(f"/api/v1/jobs/{job['id']}/metrics").json()["items"]
     assert [(m["epoch"], m["train_loss"]) for m in metrics] == [(1, 1.0), (2, 0.25)]
@@ -209,7 +209,7 @@ def test_event_stream_stays_open_through_a_database_outage(tmp_path, caplog):
         messages = []
         async for message in JobEventStream(factory, job_id, Cursor()).messages(connected, 0.02):
             messages.append(message)
-            if message.startswith("id: 0-0\nevent: job\n") and len(messages) == 2:
+            if message.startswith("id: 0.0\nevent: job\n") and len(messages) == 2:
                 folder.rename(away)  # the database goes away
             elif "event: unavailable" in message:
                 await asyncio.sleep(0.3)  # a few failed polls: still one event
