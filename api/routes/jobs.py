@@ -116,9 +116,18 @@ def _timing(job: Job, progress: float) -> tuple[float | None, float | None]:
 
 
 def _latest_metrics(session: Session, ids: list[str]) -> dict[str, JobMetric]:
-    newest = select(func.max(JobMetric.id)).where(JobMetric.job_id.in_(ids))
+    """Each job's most recently written metrics row: the highest ``seq``, which a
+    re-run epoch's row takes anew (its id stays that of the first write)."""
+    newest = (
+        select(JobMetric.job_id, func.max(JobMetric.seq).label("seq"))
+        .where(JobMetric.job_id.in_(ids))
+        .group_by(JobMetric.job_id)
+        .subquery()
+    )
     rows = session.scalars(
-        select(JobMetric).where(JobMetric.id.in_(newest.group_by(JobMetric.job_id)))
+        select(JobMetric).join(
+            newest, (JobMetric.job_id == newest.c.job_id) & (JobMetric.seq == newest.c.seq)
+        )
     )
     return {row.job_id: row for row in rows}
 

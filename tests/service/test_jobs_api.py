@@ -177,6 +177,26 @@ def test_metrics_log_and_progress_come_from_the_rows(client, make_job, app):
     assert got["progress"] == pytest.approx(3 / 4)  # 2 burn-in + 1 of 2 train epochs
 
 
+def test_latest_metrics_are_the_newest_write_even_when_an_earlier_epoch_re_ran(
+    client, make_job, app
+):
+    """A resume from epoch 1's checkpoint re-runs epoch 2 while epoch 3's row from
+    before the crash is still there: the list shows the fresh epoch 2 values."""
+    job = make_job(client, status="running", stage="train", epoch=2)
+    other = make_job(client, status="running", stage="train", epoch=1)
+    with app.state.session_factory() as session:
+        for epoch in (1, 2, 3):
+            record_metric(session, job["id"], "train", epoch, {"val_pgd_acc": epoch / 10})
+        record_metric(session, other["id"], "train", 1, {"val_pgd_acc": 0.9})
+        record_metric(session, job["id"], "train", 2, {"val_pgd_acc": 0.25})  # the re-run
+        session.commit()
+    got = client().get(f"/api/v1/jobs/{job['id']}").json()["latest_metrics"]
+    assert (got["epoch"], got["val_pgd_acc"]) == (2, 0.25)
+    listed = {j["id"]: j for j in client().get("/api/v1/jobs").json()["items"]}
+    assert listed[job["id"]]["latest_metrics"]["val_pgd_acc"] == 0.25
+    assert listed[other["id"]]["latest_metrics"]["val_pgd_acc"] == 0.9
+
+
 def test_a_running_job_has_a_time_left_while_it_trains_and_none_during_autoattack(
     client, make_job, app
 ):
