@@ -153,3 +153,19 @@ def test_a_chunk_is_attacked_by_one_live_process_at_a_time(tmp_path):
 
     assert not robustness.claim_chunk(ledger, "w1", key)  # done
     assert robustness.read_ledger(tmp_path / "ledger.json.claims") == {}
+
+
+def test_batch_size_applies_to_every_method_and_to_the_burn_in_they_share():
+    """A run at another batch size trains its own burn-in: the kept batch-128 one
+    (and the models trained from it) must not be reused for it."""
+    recipe = {m: robustness.base_config(robustness.parse_args([]), m) for m in ("dyart", "mart")}
+    small = robustness.parse_args(["--batch-size", "64"])
+    for method, config in recipe.items():
+        other = robustness.base_config(small, method)
+        assert (config.batch_size, other.batch_size) == (128, 64)
+        assert other.burn_in_key() != config.burn_in_key()
+        assert other.lr == config.lr and other.hparams == config.hparams
+    assert (
+        robustness.base_config(small, "dyart").burn_in_key()
+        == robustness.base_config(small, "mart").burn_in_key()
+    )
