@@ -627,7 +627,9 @@ def validate_job(
     names = {}
     for key, table in (("dataset", DATASETS), ("architecture", ARCHITECTURES), ("method", METHODS)):
         value = spec.get(key)
-        if value not in table:
+        if value is None:
+            errors.append((key, f"required: one of {', '.join(table)}"))
+        elif value not in table:
             errors.append((key, f"{value!r} is not one of {', '.join(table)}"))
         else:
             names[key] = value

@@ -103,8 +103,9 @@ def test_create_job_lists_every_bad_field_at_once(client):
 
 
 def test_create_job_missing_required_and_bad_json(client):
-    fields = {f for f, _ in _errors(client().post("/api/v1/jobs", json={"method": "dyart"}))}
-    assert fields == {"dataset", "architecture"}
+    errors = dict(_errors(client().post("/api/v1/jobs", json={"method": "dyart"})))
+    assert set(errors) == {"dataset", "architecture"}
+    assert errors["dataset"] == "dataset: field required"
     response = client().post(
         "/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
     )

@@ -92,8 +92,8 @@ def test_a_config_file_whose_hparams_are_not_a_mapping_is_named(tmp_path, capsys
     assert main(["train", "--config", str(bad)]) == 2
     line = _error_line(capsys)
     if hparams == "hparams:\n":  # empty: no hyperparameters; the fields missing are named
-        assert line.startswith("error: architecture: None is not one of mlp")
-        assert "; method: None is not one of clean" in line
+        assert line.startswith("error: architecture: required: one of mlp")
+        assert "; method: required: one of clean" in line
     else:
         assert line.startswith(f"error: hparams: {bad}: hparams must be a mapping")
 
