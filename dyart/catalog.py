@@ -644,7 +644,7 @@ def validate_job(
         errors.append(
             (
                 "dataset",
-                f"dataset {data.name!r} is not on this server: expected {missing} under {data_dir}",
+                f"dataset {data.name!r} is not installed: expected {missing} under {data_dir}",
             )
         )
     resolved: dict[str, Any] = dict(names)

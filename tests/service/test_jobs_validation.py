@@ -88,7 +88,7 @@ def test_create_job_names_missing_dataset_files(client, settings):
     body = {"dataset": "cifar10", "architecture": "preact_resnet18", "method": "dyart"}
     [(field, message)] = _errors(client().post("/api/v1/jobs", json=body))
     assert field == "dataset"
-    assert "'cifar10' is not on this server" in message
+    assert "'cifar10' is not installed: expected cifar-10-batches-py/data_batch_1" in message
     assert (
         "cifar-10-batches-py/data_batch_1" in message
         and "cifar-10-batches-py/test_batch" in message

@@ -390,3 +390,12 @@ def test_the_train_summary_shows_an_evaluations_warnings(capsys):
         "  eps 0.1: clean 0.9000 robust 0.8000",
         "  warning: some inputs have a zero gradient of the logit margin",
     ]
+
+
+def test_a_dataset_missing_from_the_data_folder_names_its_files_and_the_folder(tmp_path, capsys):
+    args = ["train", "--dataset", "cifar10", "--architecture", "small_cnn", "--method", "dyart"]
+    assert main([*args, "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: dataset: dataset 'cifar10' is not installed: expected ")
+    assert "cifar-10-batches-py/test_batch" in line and line.endswith(f"under {tmp_path}")
+    assert not (tmp_path / "run").exists()
