@@ -51,7 +51,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import database_down
-from db.models import PENDING_STATUSES, Job, JobLog, JobMetric
+from db.models import MAX_SEQ, PENDING_STATUSES, Job, JobLog, JobMetric
 
 log = logging.getLogger("api.events")
 
@@ -60,7 +60,6 @@ KEEPALIVE_SECONDS = 15.0
 ACCESS_RECHECK_SECONDS = 10.0  # a revoked token's open stream ends within about this
 # Fields that change on every read of a running job; not a reason to emit ``job``.
 _VOLATILE = ("elapsed_seconds", "eta_seconds")
-_MAX_SEQ = 2**31 - 1  # seq columns are INTEGER (32 bits in Postgres)
 LOG_BATCH = 1000  # log rows per poll; a longer backlog goes out over the next polls
 # Threads (so also database connections) all streams' polls share; well under the
 # pool's 5 + 10 connections and the 40 threads of the request threadpool.
@@ -88,7 +87,7 @@ class Cursor:
             metric, log = (int(part) for part in (text or "").split("."))
         except ValueError:
             return cls()
-        return cls(min(max(metric, 0), _MAX_SEQ), min(max(log, 0), _MAX_SEQ))
+        return cls(min(max(metric, 0), MAX_SEQ), min(max(log, 0), MAX_SEQ))
 
     def __str__(self) -> str:
         return f"{self.metric}.{self.log}"

@@ -143,6 +143,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
 
+MAX_SEQ = 2**31 - 1  # the largest ``seq`` (an INTEGER column: 32 bits in Postgres)
+
+
 class JobMetric(Base):
     """One epoch's aggregated row; a re-run epoch replaces its row (unique key).
 

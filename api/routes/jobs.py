@@ -30,7 +30,16 @@ from api.schemas import (
 )
 from db import jobs as job_states
 from db.locks import hold_row
-from db.models import JOB_STATUSES, PENDING_STATUSES, Evaluation, Job, JobLog, JobMetric, User
+from db.models import (
+    JOB_STATUSES,
+    MAX_SEQ,
+    PENDING_STATUSES,
+    Evaluation,
+    Job,
+    JobLog,
+    JobMetric,
+    User,
+)
 from dyart import catalog
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"], responses=AUTHED_ERRORS)
@@ -408,7 +417,7 @@ def job_log(
     after: int | None = Query(
         None,
         ge=0,
-        le=2**31 - 1,  # line numbers are 32-bit integers in Postgres
+        le=MAX_SEQ,
         description="only lines after this line's `id`, its number in the job's log "
         "(follow a log: pass the last one seen)",
     ),
