@@ -40,9 +40,10 @@ function config(job) {
 
 /** The job's Delete button and its inline confirmation ("Delete this job and its checkpoints?
  * [Delete] [Keep]"; Escape keeps). Only a finished job can be deleted: otherwise the button is
- * marked unavailable, as Cancel and Resume are. `deleted()` is called after the server's 204,
- * `refused(error)` after anything else. -> {button, confirm, update(job)}. */
-function deleteControl(id, { deleted, refused }) {
+ * marked unavailable, as Cancel and Resume are. `deleting()` is called as the request is sent,
+ * `deleted()` after the server's 204, `refused(error)` after anything else.
+ * -> {button, confirm, update(job)}. */
+function deleteControl(id, { deleting, deleted, refused }) {
   const button = h("button", { type: "button", id: "delete", class: "secondary", "aria-expanded": "false",
     "aria-controls": "delete-confirm" }, "Delete");
   const yes = h("button", { type: "button", id: "delete-yes", class: "danger" }, "Delete");
@@ -62,6 +63,7 @@ function deleteControl(id, { deleted, refused }) {
   yes.addEventListener("click", async () => {
     if (yes.getAttribute("aria-disabled") === "true") return;
     yes.setAttribute("aria-disabled", "true"); // one request at a time
+    deleting();
     try {
       await api(`/jobs/${id}`, { method: "DELETE" });
       deleted();
@@ -128,14 +130,20 @@ export async function detailPage(main, { parts }) {
   const cancelButton = h("button", { type: "button", id: "cancel", onclick: act("cancel") }, "Cancel");
   const resumeButton = h("button", { type: "button", id: "resume", class: "secondary", onclick: act("resume") }, "Resume");
   const remover = deleteControl(id, {
+    deleting: () => {
+      holding = true;
+      clearTimeout(pollTimer);
+    },
     deleted: () => {
       leave(); // nothing of this job is asked for again: it is gone
       say(`Job ${job.name || id.slice(0, 8)} deleted.`, "#/jobs");
       location.hash = "#/jobs";
     },
     refused: (error) => {
+      holding = false;
       say(`Job not deleted: ${error.message}`);
-      drawEvals().catch(() => {}); // a 409 may be about an evaluation this page has not seen yet
+      drawEvals().catch(() => pollEvals()); // a 409 may be about an evaluation this page has not seen yet
+      refreshCheckpoints();
     },
   });
   parts$.controls.append(cancelButton, resumeButton, remover.button,
@@ -155,6 +163,7 @@ export async function detailPage(main, { parts }) {
   let evsShown = null; // what is drawn, as JSON: a poll that finds nothing new redraws nothing
   let streamEnded = false;
   let closed = false;
+  let holding = false; // a delete is on its way: nothing more is read of a job that may be gone
   let pollTimer = null;
   async function cancelEval(ev) {
     try {
@@ -173,6 +182,7 @@ export async function detailPage(main, { parts }) {
       onclick: () => cancelEval(ev) }, ev.cancel_requested ? "Cancel requested" : "Cancel evaluation");
   }
   async function drawEvals() {
+    if (holding) return;
     const items = (await api(`/jobs/${id}/evaluations`)).items;
     if (closed) return;
     evs = items;
@@ -201,6 +211,7 @@ export async function detailPage(main, { parts }) {
     }, pending ? EVAL_POLL_PENDING_MS : EVAL_POLL_IDLE_MS);
   }
   async function drawCheckpoints() {
+    if (holding) return;
     const cks = (await api(`/jobs/${id}/checkpoints`)).items;
     parts$.checkpoints.replaceChildren(...(cks.length ? cks.map(checkpointRow) : [h("li", { class: "muted" }, "No checkpoint yet.")]));
   }

@@ -5,6 +5,8 @@ No worker runs: each job stays where the test puts it, through the API or its ro
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -12,6 +14,9 @@ from db.models import Evaluation, Job
 from tests.browser.test_job_page import cancel, set_stage
 
 pytestmark = pytest.mark.browser
+EVAL_POLL_IDLE_S = (
+    10  # frontend/js/detail.js EVAL_POLL_IDLE_MS: a finished job's evaluations re-read
+)
 
 
 def job_status(server, job_id: str) -> int:
@@ -122,4 +127,36 @@ def test_delete_refused_shows_the_server_message(
     assert page.evaluate("document.activeElement.id") == "delete"
     assert page.url.endswith(f"#/jobs/{job['id']}")
     assert job_status(live_server, job["id"]) == 200
+    assert problems.unexpected() == []
+
+
+def test_while_a_delete_is_on_its_way_the_page_reads_nothing_more_of_the_job(
+    live_server, signed_in, submit_job
+):
+    """The server has deleted the job but its answer is still on its way (held here for
+    longer than the page's idle re-read of the evaluations): the page asks nothing more
+    of the job, so nothing answers 404, and it goes to the list when the answer comes."""
+    job = submit_job(name="slow answer")
+    cancel(live_server, job["id"])
+    page, problems = open_job(live_server, signed_in, job["id"], "canceled")
+    page.locator("#checkpoints li").first.wait_for()  # the page's first reads are done
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda r: sent.append((r.method, r.url)))
+
+    def hold_the_answer(route) -> None:
+        if route.request.method != "DELETE":
+            route.continue_()
+            return
+        answer = route.fetch()  # the job is gone on the server from here on
+        time.sleep(EVAL_POLL_IDLE_S + 1)
+        route.fulfill(response=answer)
+
+    page.route(f"**/api/v1/jobs/{job['id']}", hold_the_answer)
+    page.click("#delete")
+    page.click("#delete-yes")
+    page.wait_for_url(f"{live_server.url}/#/jobs", timeout=30_000)
+    page.locator("#status").filter(has_text="Job slow answer deleted.").wait_for()
+    of_the_job = [(m, u) for m, u in sent if f"/jobs/{job['id']}" in u]
+    assert of_the_job == [("DELETE", f"{live_server.url}/api/v1/jobs/{job['id']}")]
+    assert job_status(live_server, job["id"]) == 404
     assert problems.unexpected() == []
