@@ -27,6 +27,7 @@ Builder = Callable[..., nn.Module]
 MODELS: dict[str, Builder] = {
     "mlp": lambda c, s, k, norm: MLP(c, s, k),
     "small_cnn": lambda c, s, k, norm: SmallCNN(c, s, k),
+    "madry_cnn": lambda c, s, k, norm: SmallCNN(c, s, k, (32, 64), 1024),
     "preact_resnet18": lambda c, s, k, norm: PreActResNet18(c, k, norm),
     "resnet18": lambda c, s, k, norm: ResNet18(c, k, norm),
     "wide_resnet_28_10": lambda c, s, k, norm: WideResNet(28, 10, c, k, norm),

@@ -18,7 +18,7 @@ def test_registry_matches_the_catalog():
 
 def _card_shape(name: str) -> tuple[int, int]:
     """Channels and image size the catalog's parameter counts are taken at."""
-    return (1, 28) if name in ("mlp", "small_cnn") else (3, 32)
+    return (1, 28) if name in ("mlp", "small_cnn", "madry_cnn") else (3, 32)
 
 
 @pytest.mark.parametrize("name", sorted(catalog.ARCHITECTURES))
@@ -32,7 +32,7 @@ def test_every_architecture_builds_with_the_catalog_parameter_count(name):
         assert model(torch.rand(2, channels, size, size)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name", ["mlp", "small_cnn", "wide_resnet_16_4_silu"])
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "madry_cnn", "wide_resnet_16_4_silu"])
 def test_small_grey_images_and_any_class_count(name):
     model = build_model(name, num_classes=7, in_channels=1, image_size=8)
     assert model(torch.rand(3, 1, 8, 8)).shape == (3, 7)
