@@ -70,6 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--batch-size", type=int, default=None,
         help="every method's batch size, the burn-in's too (default: recipe)",
     )  # fmt: skip
+    p.add_argument(
+        "--architecture", default=None,
+        help="every method's model, the burn-in's too (default: recipe's small_cnn)",
+    )  # fmt: skip
     p.add_argument("--eval-n", type=int, default=2000, help="test images (2,000 = all)")
     p.add_argument("--chunk", type=int, default=250, help="test images per AutoAttack chunk")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
@@ -136,6 +140,8 @@ def base_config(args: argparse.Namespace, method: str) -> TrainConfig:
         spec["burn_in_epochs"] = args.burn_in_epochs
     if args.batch_size is not None:
         spec["batch_size"] = args.batch_size
+    if args.architecture is not None:
+        spec["architecture"] = args.architecture
     if method in dict(args.lr):
         spec["lr"] = dict(args.lr)[method]
     else:  # each method's tuned lr, from its own recipe

@@ -155,17 +155,25 @@ def test_a_chunk_is_attacked_by_one_live_process_at_a_time(tmp_path):
     assert robustness.read_ledger(tmp_path / "ledger.json.claims") == {}
 
 
-def test_batch_size_applies_to_every_method_and_to_the_burn_in_they_share():
-    """A run at another batch size trains its own burn-in: the kept batch-128 one
-    (and the models trained from it) must not be reused for it."""
+@pytest.mark.parametrize(
+    ("flag", "value", "field", "recipe_value"),
+    [("--batch-size", "64", "batch_size", 128), ("--architecture", "madry_cnn", "architecture",
+     "small_cnn")],
+)  # fmt: skip
+def test_batch_size_and_model_apply_to_every_method_and_to_the_burn_in_they_share(
+    flag, value, field, recipe_value
+):
+    """A run at another batch size, or with another model, trains its own burn-in: the
+    kept recipe one (and the models trained from it) must not be reused for it."""
     recipe = {m: robustness.base_config(robustness.parse_args([]), m) for m in ("dyart", "mart")}
-    small = robustness.parse_args(["--batch-size", "64"])
+    other_args = robustness.parse_args([flag, value])
+    wanted = type(recipe_value)(value)
     for method, config in recipe.items():
-        other = robustness.base_config(small, method)
-        assert (config.batch_size, other.batch_size) == (128, 64)
+        other = robustness.base_config(other_args, method)
+        assert (getattr(config, field), getattr(other, field)) == (recipe_value, wanted)
         assert other.burn_in_key() != config.burn_in_key()
         assert other.lr == config.lr and other.hparams == config.hparams
     assert (
-        robustness.base_config(small, "dyart").burn_in_key()
-        == robustness.base_config(small, "mart").burn_in_key()
+        robustness.base_config(other_args, "dyart").burn_in_key()
+        == robustness.base_config(other_args, "mart").burn_in_key()
     )
