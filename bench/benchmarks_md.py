@@ -26,6 +26,7 @@ SECTIONS = [
     ("dyart_tuning_search.md", "DyART: the search, temperature, r0 (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_batch.md", "DyART: batch size and momentum (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_epochs12.md", "DyART: twelve epochs (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_model.md", "DyART: burn-in length and a bigger model (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),
