@@ -338,6 +338,16 @@ ARCHITECTURES: dict[str, ArchitectureCard] = {
     )
 }
 
+
+def _names(names) -> str:
+    """'a, b and c'."""
+    *rest, last = names
+    return f"{', '.join(rest)} and {last}" if rest else last
+
+
+_WITHOUT_NORM = [name for name, card in ARCHITECTURES.items() if card.description == _NO_NORM]
+
+
 _ATTACK = (
     Param("eps", "float", None, "attack radius (L-inf, pixel scale)", 0.0, 1.0, eps_scale=1.0),
     Param("step_size", "float", None, "PGD step size", 0.0, 1.0, eps_scale=0.25),
@@ -469,7 +479,7 @@ TRAIN_PARAMS: dict[str, Param] = {
             "norm_layer",
             "choice",
             "bn",
-            "normalisation layer (mlp, small_cnn and madry_cnn have none)",
+            f"normalisation layer ({_names(_WITHOUT_NORM)} have none)",
             choices=NORMS,
         ),
         Param("augment", "bool", True, "random crop with padding (+ flip on colour sets)"),

@@ -14,9 +14,8 @@ from db.models import Evaluation, Job
 from tests.browser.test_job_page import cancel, set_stage
 
 pytestmark = pytest.mark.browser
-EVAL_POLL_IDLE_S = (
-    10  # frontend/js/detail.js EVAL_POLL_IDLE_MS: a finished job's evaluations re-read
-)
+# frontend/js/detail.js EVAL_POLL_IDLE_MS: how often a finished job's evaluations are re-read
+EVAL_POLL_IDLE_S = 10
 
 
 def job_status(server, job_id: str) -> int:
