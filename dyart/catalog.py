@@ -402,6 +402,13 @@ METHODS: dict[str, MethodCard] = {
                 ),
                 Param("lam_robust", "float", 1000.0, "λ, weight of the boundary term", 0.0, 1e5),
                 Param("freeze_bn", "bool", False, "boundary term with BN statistics frozen"),
+                Param(
+                    "fused_check",
+                    "bool",
+                    False,
+                    "check the search's crossings in its next gradient pass (no separate "
+                    "forward; not in the paper's search)",
+                ),
             ),
             paper_title=(
                 "Exploring and Exploiting Decision Boundary Dynamics for Adversarial Robustness"
@@ -527,9 +534,18 @@ TRAIN_PARAMS: dict[str, Param] = {
 
 
 def with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
-    """A run config stored earlier, with the default of every setting added since: a
-    run made before a setting existed ran with its default."""
-    return {**{n: p.default for n, p in TRAIN_PARAMS.items() if n not in stored}, **stored}
+    """A run config stored earlier, with the default of every setting added since, the
+    method's hyperparameters included: a run made before a setting existed ran with its
+    default."""
+    full = {**{n: p.default for n, p in TRAIN_PARAMS.items() if n not in stored}, **stored}
+    hparams = stored.get("hparams")
+    if (
+        isinstance(hparams, dict)
+        and stored.get("method") in METHODS
+        and stored.get("dataset") in DATASETS
+    ):
+        full["hparams"] = {**method_defaults(stored["method"], stored["dataset"]), **hparams}
+    return full
 
 
 def leaderboard_grade(dataset: str, preset: str, n: int) -> bool:

@@ -10,6 +10,16 @@ towards x0 after each crossing.
 Cost per iteration is exactly one forward+backward (φ and ∇xφ at the iterate) and
 one forward (the crossing check); the projections are vectorised over the batch and
 there is no host synchronisation inside the loop.
+
+``fused_check=True`` (not in ALGORITHM.md; off by default) takes the crossing check
+from the gradient pass at the new iterate instead of a separate forward. Where the
+iterate did not cross, that pass is the one the next iteration would run anyway;
+where it crossed, the iterate steps back towards x0 and the next projection uses
+the hyperplane linearised at the crossing point (φ extrapolated along it to the
+stepped-back point) instead of a fresh pass there. The best point's φ and ∇xφ are
+kept from its crossing pass, so the final gradient pass goes too: ``iterations + 1``
+forward+backward passes in all, against ``iterations`` forward+backward passes,
+``iterations`` forwards and a final forward+backward.
 """
 
 from __future__ import annotations
@@ -213,6 +223,7 @@ class SearchSettings:
     alpha_max: float
     eta: float
     beta_back: float
+    fused_check: bool = False
 
 
 def find_boundary(
@@ -228,6 +239,7 @@ def find_boundary(
     alpha_max: float = 0.1,
     eta: float = 1.05,
     beta_back: float = 0.9,
+    fused_check: bool = False,
     logits: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> BoundaryResult:
@@ -236,6 +248,9 @@ def find_boundary(
     Runs with the model in eval mode and its parameters not requiring grad (both
     restored afterwards). Each iteration costs one forward+backward and one forward;
     one more forward+backward at the end gives φ(x̂) and ∇xφ(x̂) for the filter of §4.
+    With ``fused_check`` each iteration costs one forward+backward, plus one at the
+    start of each restart, and the filter uses φ and ∇xφ from the best point's own
+    crossing pass (module docstring).
 
     Args:
         model: maps images in [0,1] to logits.
@@ -249,6 +264,7 @@ def find_boundary(
         alpha_max: largest mixing weight towards the step from x0.
         eta: overshoot of the projection step.
         beta_back: backward step towards x0 after a crossing.
+        fused_check: check crossings in the next gradient pass (module docstring).
         logits: the clean logits of ``x`` if the caller has them (saves one forward).
         generator: random generator for the start points.
 
@@ -257,7 +273,9 @@ def find_boundary(
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    cfg = SearchSettings(norm, iterations, eps, temperature, restarts, alpha_max, eta, beta_back)
+    cfg = SearchSettings(
+        norm, iterations, eps, temperature, restarts, alpha_max, eta, beta_back, fused_check
+    )
     with search_mode(model):
         if logits is None:
             with torch.no_grad():
@@ -265,11 +283,14 @@ def find_boundary(
         correct = soft_margin(logits.detach(), y, temperature) > CORRECT_THRESHOLD
         rows = correct.nonzero().squeeze(1)  # host sync, once, before the loop
         x0, y0 = x[rows].detach(), y[rows]
-        best_x, best = _search(model, x0, y0, cfg, generator)
-        if rows.numel():
-            phi, grad = phi_and_grad(model, best_x, y0, temperature)  # the final gradient pass
+        if fused_check:
+            best_x, best, phi, grad = _fused_search(model, x0, y0, cfg, generator)
         else:
-            phi, grad = best.clone(), best_x.clone()
+            best_x, best = _search(model, x0, y0, cfg, generator)
+            if rows.numel():
+                phi, grad = phi_and_grad(model, best_x, y0, temperature)  # final gradient pass
+            else:
+                phi, grad = best.clone(), best_x.clone()
     found = torch.isfinite(best)
     delta = (best_x - x0).flatten(1)
     kept = keep_mask(delta, grad.flatten(1), phi, found, norm)
@@ -292,6 +313,44 @@ def _search(
     return best_x.view_as(x0), best
 
 
+def _fused_search(
+    model: nn.Module, x0: Tensor, y0: Tensor, cfg: SearchSettings, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Like :func:`_search`, with each crossing checked by the next gradient pass.
+
+    Returns the best point, its distance (inf where none), and φ and ∇xφ there, all
+    from the pass that found the crossing.
+    """
+    shape = x0.shape
+    flat0 = x0.flatten(1)
+    best = torch.full(flat0.shape[:1], math.inf, dtype=x0.dtype, device=x0.device)
+    best_x, best_g = flat0.clone(), torch.zeros_like(flat0)
+    best_phi = torch.zeros_like(best)
+    if flat0.shape[0] == 0:
+        return best_x.view_as(x0), best, best_phi, best_g.view_as(x0)
+    for _ in range(cfg.restarts):
+        x1 = _start(flat0, best, cfg, generator)
+        phi, g = phi_and_grad(model, x1.view(shape), y0, cfg.temperature)
+        g = g.flatten(1)
+        for _ in range(cfg.iterations):
+            x1 = _fab_move(flat0, x1, phi, g, cfg)
+            phi_new, g = phi_and_grad(model, x1.view(shape), y0, cfg.temperature)
+            g = g.flatten(1)
+            crossed = phi_new < 0
+            offset = x1 - flat0
+            better = crossed & (lp_norm(offset, cfg.norm) < best)
+            pick = better[:, None].to(x1.dtype)
+            best_x = torch.lerp(best_x, x1, pick)
+            best_g = torch.lerp(best_g, g, pick)
+            best_phi = torch.where(better, phi_new, best_phi)
+            best = torch.where(better, lp_norm(offset, cfg.norm), best)
+            back = torch.where(crossed, cfg.beta_back, 1.0).to(x1.dtype)[:, None]
+            stepped = torch.addcmul(flat0, back, offset)
+            phi = phi_new + (g * (stepped - x1)).sum(1)  # along the crossing's hyperplane
+            x1 = stepped
+    return best_x.view_as(x0), best, best_phi, best_g.view_as(x0)
+
+
 def _start(flat0: Tensor, best: Tensor, cfg: SearchSettings, generator: torch.Generator | None):
     """x0 + ½·min(best, eps)·u/‖u‖, clipped to the box (step 1 of §3)."""
     if cfg.norm == "linf":
@@ -311,15 +370,7 @@ def _fab_step(model, flat0, y0, x1, best_x, best, cfg: SearchSettings, shape):
     ``torch.where`` on [N, d] tensors, which is several times slower on CPU.
     """
     phi, g = phi_and_grad(model, x1.view(shape), y0, cfg.temperature)
-    g = g.flatten(1)
-    r_from_x0 = (g * (x1 - flat0)).sum(1) - phi  # hyperplane seen from x0
-    steps = project_box(
-        torch.cat([x1, flat0]), torch.cat([g, g]), torch.cat([-phi, r_from_x0]), cfg.norm
-    )
-    d1, d2 = steps.chunk(2)
-    a1, a2 = lp_norm(d1, cfg.norm), lp_norm(d2, cfg.norm)
-    a = (a1 / (a1 + a2).clamp_min(1e-30)).clamp(0, cfg.alpha_max)[:, None]  # per point
-    x1 = torch.lerp(x1.add(d1, alpha=cfg.eta), flat0.add(d2, alpha=cfg.eta), a).clamp_(0, 1)
+    x1 = _fab_move(flat0, x1, phi, g.flatten(1), cfg)
     crossed = phi_only(model, x1.view(shape), y0, cfg.temperature) < 0
     offset = x1 - flat0
     dist = lp_norm(offset, cfg.norm)
@@ -328,6 +379,22 @@ def _fab_step(model, flat0, y0, x1, best_x, best, cfg: SearchSettings, shape):
     best = torch.where(better, dist, best)
     back = torch.where(crossed, cfg.beta_back, 1.0).to(x1.dtype)[:, None]
     return torch.addcmul(flat0, back, offset), best_x, best
+
+
+def _fab_move(flat0: Tensor, x1: Tensor, phi: Tensor, g: Tensor, cfg: SearchSettings) -> Tensor:
+    """Steps 2b-2c of §3: project x1 and x0 onto the hyperplane, mix, overshoot, clip.
+
+    The hyperplane is {z : ⟨g, z⟩ = ⟨g, x1⟩ − φ}, φ and g the value and gradient of φ
+    linearised at x1.
+    """
+    r_from_x0 = (g * (x1 - flat0)).sum(1) - phi  # hyperplane seen from x0
+    steps = project_box(
+        torch.cat([x1, flat0]), torch.cat([g, g]), torch.cat([-phi, r_from_x0]), cfg.norm
+    )
+    d1, d2 = steps.chunk(2)
+    a1, a2 = lp_norm(d1, cfg.norm), lp_norm(d2, cfg.norm)
+    a = (a1 / (a1 + a2).clamp_min(1e-30)).clamp(0, cfg.alpha_max)[:, None]  # per point
+    return torch.lerp(x1.add(d1, alpha=cfg.eta), flat0.add(d2, alpha=cfg.eta), a).clamp_(0, 1)
 
 
 def keep_mask(delta: Tensor, grad: Tensor, phi: Tensor, found: Tensor, norm: str) -> Tensor:

@@ -20,6 +20,11 @@ Choices where the published code has quirks (ALGORITHM.md §6b):
   ``frac_kept`` is 0 and the margin quantiles are NaN, so the metrics say so.
 * **L2 optimality check.** The published code trains only with L-inf. For L2 the
   filter of §4 uses the analogous condition: cosine(δ, −∇xφ(x̂)) > 0.9.
+* **Fused crossing check** (``fused_check``, off by default; not in the paper).
+  The search checks each crossing with the next iteration's gradient pass instead
+  of a separate forward, and after a crossing steps on the hyperplane linearised at
+  the crossing point (:mod:`dyart.methods.boundary`): about a quarter less search
+  work for the same number of iterations.
 * **BatchNorm.** The search runs in eval mode but the boundary term, as published,
   is computed in train mode: with BatchNorm φ(x̂) in the loss is then not ≈ 0, and
   the x̂ batch updates the running statistics. That is the default because it
@@ -119,6 +124,7 @@ class DyART(Method):
             alpha_max=h["alpha_max"],
             eta=h["eta"],
             beta_back=h["beta_back"],
+            fused_check=h["fused_check"],
             logits=search_logits,
         )
         if not same:

@@ -178,6 +178,68 @@ def test_search_costs_one_forward_backward_and_one_forward_per_iteration():
     assert calls == {"grad": 21, "no_grad": 21}  # + one forward to find the correct points
 
 
+def test_fused_check_costs_one_forward_backward_per_iteration_and_no_final_pass():
+    model = small_cnn()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        logits = model(x)
+    calls = {"grad": 0, "no_grad": 0}
+    inner = model.forward
+
+    def counted(inp):
+        calls["grad" if inp.requires_grad else "no_grad"] += 1
+        return inner(inp)
+
+    model.forward = counted
+    result = find_boundary(
+        model, x, logits.argmax(1), iterations=20, logits=logits, fused_check=True, restarts=2
+    )
+    assert result.correct.any()
+    assert calls == {"grad": 2 * (20 + 1), "no_grad": 0}  # + the start pass of each restart
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fused_check_follows_the_same_path_on_a_linear_model(norm):
+    """On an exactly linear φ the crossing point's hyperplane is the stepped-back point's,
+    so the fused search visits the same points as the search of ALGORITHM.md §3."""
+    model = linear_model(seed=6)
+    x, y = points_at_margin(model, 8, 0.02, norm)
+    model, x = model.double(), x.double()
+    runs = []
+    for fused in (False, True):
+        gen = torch.Generator().manual_seed(7)
+        runs.append(
+            find_boundary(
+                model, x, y, norm=norm, eps=0.04, iterations=15, fused_check=fused, generator=gen
+            )
+        )
+    exact, fused = runs
+    assert exact.found.all() and torch.equal(exact.found, fused.found)
+    assert torch.allclose(exact.x_hat, fused.x_hat, atol=1e-9)
+    assert torch.allclose(exact.margin, fused.margin, atol=1e-9)
+    assert torch.allclose(exact.phi, fused.phi, atol=1e-9)
+    assert torch.allclose(exact.grad, fused.grad, atol=1e-9)
+    assert torch.equal(exact.kept, fused.kept)
+
+
+def test_fused_check_keeps_the_best_points_own_value_and_gradient():
+    model = small_cnn()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = find_boundary(model, x, y, eps=0.1, iterations=20, fused_check=True)
+    assert result.found[result.correct].all() and result.correct.sum() >= 4
+    rows = result.found
+    xh = result.x_hat[rows].clone().requires_grad_(True)
+    phi = soft_margin(model(xh), y[rows], 5.0)
+    (grad,) = torch.autograd.grad(phi.sum(), xh)
+    assert torch.allclose(result.phi[rows], phi.detach(), atol=1e-6)
+    assert torch.allclose(result.grad[rows], grad, atol=1e-6)
+    assert (result.phi[rows] < 0).all() and result.phi[rows].abs().max() < 0.05
+    distance = (result.x_hat - x).flatten(1).abs().amax(1)
+    assert torch.allclose(distance[rows], result.margin[rows])
+
+
 def test_restarts_keep_closest_point():
     model = small_cnn()
     x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -176,3 +176,20 @@ def test_the_catalog_says_each_datasets_test_set_size():
     sizes = {d["name"]: d["test_size"] for d in catalog.public_catalog()["datasets"]}
     assert sizes["digits"] == 360 and sizes["mnist10k"] == 2000 and sizes["svhn"] == 26032
     assert sizes["synthetic"] is None
+
+
+def test_a_stored_config_gets_the_defaults_of_settings_added_since():
+    """A run stored before a setting existed ran with its default, method settings too."""
+    current = TrainConfig.from_dict(
+        {"dataset": "mnist10k", "architecture": "small_cnn", "method": "dyart"}
+    ).to_dict()
+    older = {k: v for k, v in current.items() if k != "grad_clip"}
+    older["hparams"] = {k: v for k, v in current["hparams"].items() if k != "fused_check"}
+    older["hparams"]["iterations"] = 7  # what the older run chose stays
+    filled = catalog.with_new_defaults(older)
+    assert filled["grad_clip"] == current["grad_clip"]
+    assert filled["hparams"] == {**current["hparams"], "iterations": 7}
+    assert filled["hparams"]["fused_check"] is False
+    # an unknown method or dataset keeps its hyperparameters as they were stored
+    odd = {**older, "method": "retired"}
+    assert catalog.with_new_defaults(odd)["hparams"] == older["hparams"]

@@ -122,6 +122,29 @@ def test_resume_refuses_a_different_config(tmp_path):
         Trainer(_config(lr=0.05), tmp_path, device="cpu").run()
 
 
+def test_a_state_saved_before_a_hyperparameter_existed_resumes_with_its_default(tmp_path):
+    """An upgrade that adds a method setting must not strand the runs in flight."""
+    with pytest.raises(StopRequested):
+        Trainer(_config(), tmp_path, device="cpu", callbacks=[StopAtStep("burn_in", 1)]).run()
+    path = tmp_path / "state" / "latest.pt"
+    state = torch.load(path, weights_only=True)
+    older = json.loads(state["config"])
+    del older["hparams"]["fused_check"]  # as saved before the setting existed
+    state["config"] = json.dumps(older)
+    checkpoint.save_training_state(path, state)
+    trainer = Trainer(_config(), tmp_path, device="cpu", callbacks=[StopAfter("burn_in", 1)])
+    with pytest.raises(StopRequested):
+        trainer.run(STAGES)
+    assert trainer.resumed_from == path
+    # the default is what the older run trained with; another value is another config
+    state = torch.load(path, weights_only=True)
+    state["config"] = json.dumps(older)
+    checkpoint.save_training_state(path, state)
+    changed = _config(hparams={"iterations": 2, "fused_check": True})
+    with pytest.raises(CheckpointError, match="different config.*hparams"):
+        Trainer(changed, tmp_path, device="cpu").run(STAGES)
+
+
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 needs_two_cores = pytest.mark.skipif((CORES or 1) < 2, reason="needs two cores")
 
