@@ -10,7 +10,10 @@ then reports, among the correct points,
   that the point is not robust; PGD's figure is a lower bound of the truth);
 * "recall": of the points PGD breaks, the fraction the search also finds within eps;
 * "kept": the fraction that passes the optimality filter of §4;
-* the median margin R of the points found.
+* the median margin R of the points found;
+
+for the search as ALGORITHM.md §3 gives it and, with ``--search fused``, with the
+crossing checked in the next gradient pass (``fused_check``).
 
 A search that finds few of the breakable points within eps pushes the boundary at
 points farther away than the closest, and weights them as if they were robust.
@@ -50,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--alpha-max", type=float, nargs="+", default=[0.1, 0.5],
         help="FAB's largest mixing weight towards the step from x0 (recipe 0.1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--search", nargs="+", default=["§3"], choices=["§3", "fused"],
+        help="the search of ALGORITHM.md §3, and/or with fused_check (crossings checked in "
+        "the next gradient pass)",
     )  # fmt: skip
     p.add_argument("--results", default=str(ROOT / "bench/results/search_quality.md"))
     args = p.parse_args(argv)
@@ -102,22 +110,25 @@ def measure(args: argparse.Namespace) -> list[dict]:
             "clean": float(correct.float().mean()),
             "pgd": float((correct & ~broken).float().mean()),
         }
-        for alpha_max in args.alpha_max:
-            for iterations in args.iterations:
-                torch.manual_seed(0)
-                started = time.process_time()
-                found = find_boundary(
-                    model, x, y, norm="linf", iterations=iterations, eps=recipe["eps_fab"],
-                    temperature=recipe["temperature"], restarts=1, alpha_max=alpha_max,
-                    eta=recipe["eta"], beta_back=recipe["beta_back"],
-                )  # fmt: skip
-                row = base | summarise(
-                    correct, broken, found.found, found.margin, found.kept, args.eps
-                )
-                row |= {"iterations": iterations, "alpha_max": alpha_max}
-                row["seconds"] = time.process_time() - started
-                print(json.dumps(row), flush=True)
-                rows.append(row)
+        settings = [
+            (search, alpha_max, iterations)
+            for search in args.search
+            for alpha_max in args.alpha_max
+            for iterations in args.iterations
+        ]
+        for search, alpha_max, iterations in settings:
+            torch.manual_seed(0)
+            started = time.process_time()
+            found = find_boundary(
+                model, x, y, norm="linf", iterations=iterations, eps=recipe["eps_fab"],
+                temperature=recipe["temperature"], restarts=1, alpha_max=alpha_max,
+                eta=recipe["eta"], beta_back=recipe["beta_back"], fused_check=search == "fused",
+            )  # fmt: skip
+            row = base | summarise(correct, broken, found.found, found.margin, found.kept, args.eps)
+            row |= {"search": search, "iterations": iterations, "alpha_max": alpha_max}
+            row["seconds"] = time.process_time() - started
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -128,11 +139,12 @@ def _dyart_recipe() -> dict:
 
 def write_table(path: str, rows: list[dict], args: argparse.Namespace, command: str) -> None:
     head = (
-        "| model | clean | PGD-20 | α_max | iterations | R < eps | recall of PGD's | kept "
-        "| median R | search s |\n" + "| --- " * 10 + "|\n"
+        "| model | clean | PGD-20 | search | α_max | iterations | R < eps | recall of PGD's "
+        "| kept | median R | search s |\n" + "| --- " * 11 + "|\n"
     )
     lines = [
-        f"| {r['method']} | {r['clean']:.3f} | {r['pgd']:.3f} | {r['alpha_max']:g} "
+        f"| {r['method']} | {r['clean']:.3f} | {r['pgd']:.3f} | {r.get('search', '§3')} "
+        f"| {r['alpha_max']:g} "
         f"| {r['iterations']} | {r['r_within']:.3f} | {r['recall']:.3f} | {r['kept']:.3f} "
         f"| {r['median_r']:.3f} | {r['seconds']:.1f} |\n"
         for r in rows
@@ -147,7 +159,9 @@ def write_table(path: str, rows: list[dict], args: argparse.Namespace, command: 
         'eps of the boundary; "recall of PGD\'s", the fraction of the points PGD breaks '
         'that the search also finds within eps; "kept", the fraction passing the filter of '
         '§4; "median R", of the points found. "search s": CPU time of the search on one '
-        "thread. The DyART recipe searches with α_max 0.1 and 10 iterations.\n\n"
+        'thread. "search": §3 as ALGORITHM.md gives it, or "fused", each crossing checked '
+        "in the next gradient pass (hparams.fused_check). The DyART recipe searches with "
+        "α_max 0.1 and 10 iterations.\n\n"
         + head
         + "".join(lines)
         + f"\nMachine: {platform.machine()}, {os.cpu_count()} CPU cores, "

@@ -9,8 +9,12 @@ measured side by side in one run (warm-up, then the median of several repeats):
   the backward) — the search's bookkeeping must stay under a tenth of the step;
 * likewise PGD-AT-10 over its passes (clean-accuracy forward, 10 forward+backward,
   loss forward and backward);
+* the DyART step with ``fused_check`` (crossings checked in the next gradient pass,
+  no separate forward: ``iterations + 1`` forward+backward passes) over the DyART
+  step and over the PGD-AT-10 step;
 * the search's median margin R and fractions found/kept for 5, 10, 20, 40
-  iterations on the small CNN briefly trained on real MNIST (the bundled MNIST-10k).
+  iterations, with and without ``fused_check``, on the small CNN briefly trained on
+  real MNIST (the bundled MNIST-10k).
 
 CPU timings use one thread by default (``--threads``): on a shared 2-core machine
 two OpenMP threads stall at every small operation whenever another process holds
@@ -153,6 +157,8 @@ def step_costs(model: nn.Module, x, y, dataset: str, repeats: int, device) -> di
     eps = methods["pgd_at"].hparams["eps"]
     x_start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     fns = {name: (lambda m=m: method_step(model, m, x, y)) for name, m in methods.items()}
+    fused = get_method("dyart", dataset=dataset, fused_check=True)
+    fns["dyart_fused"] = lambda: method_step(model, fused, x, y)
     fns["dyart_passes"] = lambda: dyart_passes(model, x, y, xs, ys, x_kept, h["iterations"])
     fns["pgd_passes"] = lambda: pgd_passes(model, x, y, x_start)
     times = timed_together(fns, device, repeats)
@@ -160,19 +166,23 @@ def step_costs(model: nn.Module, x, y, dataset: str, repeats: int, device) -> di
     out.update({f"{name}_ratio": paired_ratio(times, name, "clean") for name in METHODS})
     out["dyart_over_passes"] = paired_ratio(times, "dyart", "dyart_passes")
     out["pgd_over_passes"] = paired_ratio(times, "pgd_at", "pgd_passes")
+    out["fused_over_dyart"] = paired_ratio(times, "dyart_fused", "dyart")
+    out["fused_over_pgd"] = paired_ratio(times, "dyart_fused", "pgd_at")
     out.update(frac_correct=n_search / n, frac_kept=n_kept / n)
     return out
 
 
 def search_quality(model: nn.Module, x, y, iterations_list, eps: float) -> list[dict]:
-    """Median R over kept points and fractions found/kept, per iteration count."""
+    """Median R over kept points and fractions found/kept, per iteration count, for
+    the search of ALGORITHM.md §3 and with ``fused_check``."""
     rows = []
-    for iterations in iterations_list:
+    for fused, iterations in [(f, i) for f in (False, True) for i in iterations_list]:
         torch.manual_seed(0)
-        res = find_boundary(model, x, y, iterations=iterations, eps=eps)
+        res = find_boundary(model, x, y, iterations=iterations, eps=eps, fused_check=fused)
         kept = res.margin[res.kept]
         rows.append(
             {
+                "search": "fused check" if fused else "§3",
                 "iterations": iterations,
                 "median_R": float(kept.median()) if kept.numel() else float("nan"),
                 "frac_correct": float(res.correct.float().mean()),
@@ -318,8 +328,9 @@ def machine() -> str:
 def cost_table(results: dict[tuple[str, str], dict]) -> str:
     head = (
         "| device | model (batch) | clean step s | dyart | pgd_at | trades | mart "
-        "| dyart / its passes | pgd_at / its passes | correct / kept |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "| dyart / its passes | pgd_at / its passes | correct / kept "
+        "| dyart fused check / dyart | dyart fused check / pgd_at |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
     lines = []
     for (device, model), r in results.items():
@@ -327,18 +338,19 @@ def cost_table(results: dict[tuple[str, str], dict]) -> str:
             f"| {device} | {model} | {r['clean_s']:.4f} | {r['dyart_ratio']:.1f}x "
             f"| {r['pgd_at_ratio']:.1f}x | {r['trades_ratio']:.1f}x | {r['mart_ratio']:.1f}x "
             f"| **{r['dyart_over_passes']:.3f}** | **{r['pgd_over_passes']:.3f}** "
-            f"| {r['frac_correct']:.2f} / {r['frac_kept']:.2f} |"
+            f"| {r['frac_correct']:.2f} / {r['frac_kept']:.2f} "
+            f"| {r['fused_over_dyart']:.2f} | {r['fused_over_pgd']:.2f} |"
         )
     return head + "\n".join(lines) + "\n"
 
 
 def quality_table(rows: list[dict]) -> str:
-    head = "| iterations | median R (kept) | correct | found | kept |\n"
-    head += "| --- | --- | --- | --- | --- |\n"
+    head = "| search | iterations | median R (kept) | correct | found | kept |\n"
+    head += "| --- | --- | --- | --- | --- | --- |\n"
     return (
         head
         + "\n".join(
-            f"| {r['iterations']} | {r['median_R']:.4f} | {r['frac_correct']:.3f} "
+            f"| {r['search']} | {r['iterations']} | {r['median_R']:.4f} | {r['frac_correct']:.3f} "
             f"| {r['frac_found']:.3f} | {r['frac_kept']:.3f} |"
             for r in rows
         )
