@@ -197,6 +197,7 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
     row = {
         "method": method,
         "config": config.to_dict(),
+        "machine": cpu_name(args.device),
         "burn_in_seconds": burn_seconds,
         "train_seconds": time.perf_counter() - started,
         "out_dir": str(out),
@@ -207,6 +208,33 @@ def train_method(args: argparse.Namespace, method: str, burn_in: Path | None) ->
     for name in KEPT:
         shutil.copy2(out / name, kept / name)
     return row
+
+
+def cpu_name(device: str = "cpu") -> str:
+    """The processor the timings were taken on (and the GPU when training ran on one)."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name += f", GPU {torch.cuda.get_device_name()}"
+    return name
+
+
+def relative_cost(row: dict, clean: dict | None, fastest: dict[str, float]) -> str:
+    """The row's fastest epoch over clean's, when both were timed on the same machine.
+
+    A row without a ``machine`` was trained before rows recorded it, in the same run as
+    the others without one; a row timed on another machine than clean's gets "n/a":
+    machines differ by more than the methods do.
+    """
+    if clean is None or not fastest.get("clean"):
+        return "n/a"
+    if row.get("machine") != clean.get("machine"):
+        return "n/a (other machine)"
+    return f"{fastest[row['method']] / fastest['clean']:.1f}x"
 
 
 def _set_aside(out: Path) -> None:
@@ -369,7 +397,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
     eps_list = args.eps
     epochs = {r["method"]: _train_epochs(r) for r in rows}
     fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
-    clean_epoch = fastest.get("clean")
+    clean_row = next((r for r in rows if r["method"] == "clean"), None)
     target = min(args.eval_n, 2000)
     head = "| method | lr | clean acc | " + " | ".join(f"AA acc @ {e:g}" for e in eps_list)
     head += " | best val PGD acc | train time (s) | fastest epoch (s) | relative to clean |\n"
@@ -379,7 +407,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         res = {e: v for e, v in r["results"].items() if v}
         accs = " | ".join(_cell(res.get(e), target) for e in eps_list)
         val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
-        rel = f"{fastest[r['method']] / clean_epoch:.1f}x" if clean_epoch else "n/a"
+        rel = relative_cost(r, clean_row, fastest)
         widest = max(res.values(), key=lambda v: v["n"], default=None)  # clean acc: most images
         clean = _cell(widest and {**widest, "robust_acc": widest["clean_acc"]}, target)
         lines.append(
@@ -410,8 +438,10 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         'PGD-CW accuracy). "pending": not evaluated yet. Train time is the method stage\'s '
         f"wall time (the burn-in of {burn_in:.0f} s is shared); other work on the machine only "
         "slows an epoch down, so the fastest epoch (training plus validation) is the fairer "
-        'cost, and "relative to clean" compares fastest epochs. bench/step_cost.py '
-        'compares the methods\' step costs alone. "best val PGD acc": the held-out '
+        'cost, and "relative to clean" compares fastest epochs timed on one machine '
+        '("n/a (other machine)": this method was trained on another machine than clean; '
+        "each row's bench_row.json names it). bench/step_cost.py compares the methods' "
+        'step costs alone. "best val PGD acc": the held-out '
         "validation accuracy under PGD-CW at the training eps of the checkpoint evaluated "
         "(the best epoch). The baselines "
         "ramp their attack's eps up over the first `eps_ramp` of training (see each method's "

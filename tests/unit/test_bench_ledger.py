@@ -177,3 +177,14 @@ def test_batch_size_and_model_apply_to_every_method_and_to_the_burn_in_they_shar
         robustness.base_config(other_args, "dyart").burn_in_key()
         == robustness.base_config(other_args, "mart").burn_in_key()
     )
+
+
+def test_cost_relative_to_clean_only_for_rows_timed_on_clean_s_machine():
+    fastest = {"clean": 4.0, "pgd_at": 40.0, "dyart": 30.0}
+    clean = {"method": "clean"}  # rows from before the machine was recorded: one run
+    assert robustness.relative_cost({"method": "pgd_at"}, clean, fastest) == "10.0x"
+    moved = {"method": "dyart", "machine": "another CPU"}
+    assert robustness.relative_cost(moved, clean, fastest) == "n/a (other machine)"
+    here = {"method": "clean", "machine": "another CPU"}
+    assert robustness.relative_cost(moved, here, fastest) == "7.5x"
+    assert robustness.relative_cost(moved, None, fastest) == "n/a"
