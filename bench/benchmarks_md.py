@@ -16,6 +16,10 @@ RESULTS = ROOT / "bench" / "results"
 
 SECTIONS = [
     ("step_cost.md", "Training-step cost and boundary-search quality (`bench/step_cost.py`)"),
+    (
+        "step_cost_recipe.md",
+        "Training-step cost at the MNIST recipe's 10 search iterations (`bench/step_cost.py`)",
+    ),
     ("robustness.md", "Robustness of each method on MNIST-10k (`bench/robustness.py`)"),
     ("dyart_tuning.md", "DyART settings on MNIST-10k, validation screen (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_recipe.md", "DyART around the former recipe, λ 1000 (`bench/dyart_tuning.py`)"),
@@ -27,6 +31,7 @@ SECTIONS = [
     ("dyart_tuning_batch.md", "DyART: batch size and momentum (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_epochs12.md", "DyART: twelve epochs (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_model.md", "DyART: burn-in length and a bigger model (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_fused.md", "DyART: the fused crossing check (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),
