@@ -338,12 +338,13 @@ def _fused_search(
             g = g.flatten(1)
             crossed = phi_new < 0
             offset = x1 - flat0
-            better = crossed & (lp_norm(offset, cfg.norm) < best)
+            dist = lp_norm(offset, cfg.norm)
+            better = crossed & (dist < best)
             pick = better[:, None].to(x1.dtype)
             best_x = torch.lerp(best_x, x1, pick)
             best_g = torch.lerp(best_g, g, pick)
             best_phi = torch.where(better, phi_new, best_phi)
-            best = torch.where(better, lp_norm(offset, cfg.norm), best)
+            best = torch.where(better, dist, best)
             back = torch.where(crossed, cfg.beta_back, 1.0).to(x1.dtype)[:, None]
             stepped = torch.addcmul(flat0, back, offset)
             phi = phi_new + (g * (stepped - x1)).sum(1)  # along the crossing's hyperplane
