@@ -395,7 +395,9 @@ def run(args) -> str:
                 model.train()
     command = "PYTHONPATH=. .venv/bin/python " + " ".join(sys.argv)
     return (
-        "# Step cost of the training methods\n\n"
+        "# Step cost of the training methods"
+        + (f" at {args.iterations} search iterations" if args.iterations else "")
+        + "\n\n"
         f"Command: `{command}`  \nMachine: {machine()}  \nData: {source}\n\n"
         "Each method's step (loss, metrics, backward; no optimizer step) relative to a clean "
         "step of the same model and batch; then the DyART step and the PGD-AT-10 step over "
