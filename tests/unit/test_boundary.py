@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dyart.attacks import pgd_attack
 from dyart.methods import find_boundary, soft_margin
@@ -157,7 +157,9 @@ def test_search_runs_in_float64():
     assert result.x_hat.dtype == torch.float64 and result.margin.dtype == torch.float64
 
 
-def test_search_costs_one_forward_backward_and_one_forward_per_iteration():
+def counted_small_cnn() -> tuple[nn.Module, Tensor, Tensor, dict[str, int]]:
+    """A small CNN whose forward passes are counted, with or without input gradients,
+    a batch and its clean logits (computed before counting starts)."""
     model = small_cnn()
     x = torch.rand(6, 1, 8, 8)
     with torch.no_grad():
@@ -170,6 +172,11 @@ def test_search_costs_one_forward_backward_and_one_forward_per_iteration():
         return inner(inp)
 
     model.forward = counted
+    return model, x, logits, calls
+
+
+def test_search_costs_one_forward_backward_and_one_forward_per_iteration():
+    model, x, logits, calls = counted_small_cnn()
     result = find_boundary(model, x, logits.argmax(1), iterations=20, logits=logits)
     assert result.correct.any()
     assert calls == {"grad": 20 + 1, "no_grad": 20}  # + the final gradient pass
@@ -179,18 +186,7 @@ def test_search_costs_one_forward_backward_and_one_forward_per_iteration():
 
 
 def test_fused_check_costs_one_forward_backward_per_iteration_and_no_final_pass():
-    model = small_cnn()
-    x = torch.rand(6, 1, 8, 8)
-    with torch.no_grad():
-        logits = model(x)
-    calls = {"grad": 0, "no_grad": 0}
-    inner = model.forward
-
-    def counted(inp):
-        calls["grad" if inp.requires_grad else "no_grad"] += 1
-        return inner(inp)
-
-    model.forward = counted
+    model, x, logits, calls = counted_small_cnn()
     result = find_boundary(
         model, x, logits.argmax(1), iterations=20, logits=logits, fused_check=True, restarts=2
     )
