@@ -33,6 +33,10 @@ bench:
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-a.md & \
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --results /tmp/dyart-robustness-b.md; wait
 	PYTHONPATH=. .venv/bin/python bench/robustness.py --table-only
+	# the cost question alone: every method retrained on this machine, one after another
+	PYTHONPATH=. .venv/bin/python bench/robustness.py --retrain --train-only \
+		--work-dir /tmp/dyart-bench-cost --models /tmp/dyart-bench-cost/models \
+		--cost-table bench/results/training_cost.md
 	PYTHONPATH=. .venv/bin/python bench/search_quality.py
 	.venv/bin/python bench/api_load.py
 	.venv/bin/python bench/benchmarks_md.py

@@ -21,6 +21,7 @@ SECTIONS = [
         "Training-step cost at the MNIST recipe's 10 search iterations (`bench/step_cost.py`)",
     ),
     ("robustness.md", "Robustness of each method on MNIST-10k (`bench/robustness.py`)"),
+    ("training_cost.md", "Training cost of each method on one machine (`bench/robustness.py`)"),
     ("dyart_tuning.md", "DyART settings on MNIST-10k, validation screen (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_recipe.md", "DyART around the former recipe, λ 1000 (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_lambda.md", "DyART: λ and the search around it (`bench/dyart_tuning.py`)"),

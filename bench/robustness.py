@@ -27,7 +27,11 @@ process on two threads). `make bench` trains in two processes, then evaluates in
     ... robustness.py --table-only    # the whole table from the ledger
 
 Training runs on one thread by default, so two runs train the same weights bit for
-bit; on more threads they do not (RELIABILITY.md).
+bit; on more threads they do not (RELIABILITY.md). The evaluated models may come from
+different machines, so for the cost question alone every method is timed afresh on one:
+
+    ... robustness.py --retrain --train-only --work-dir /tmp/cost --models /tmp/cost/models \\
+        --cost-table bench/results/training_cost.md
 """
 
 from __future__ import annotations
@@ -104,6 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train every method afresh instead of reusing the kept models",
     )  # fmt: skip
     p.add_argument("--results", default="bench/results/robustness.md")
+    p.add_argument(
+        "--cost-table", default=None, metavar="PATH",
+        help="also write each method's training time beside the others' to PATH (with "
+        "--retrain --train-only: every method timed on this machine, one after another)",
+    )  # fmt: skip
     p.add_argument(
         "--notes", default="bench/results/robustness-notes.md",
         help="a hand-written reading of the results, put in the table's page if it exists",
@@ -223,18 +232,63 @@ def cpu_name(device: str = "cpu") -> str:
     return name
 
 
-def relative_cost(row: dict, clean: dict | None, fastest: dict[str, float]) -> str:
-    """The row's fastest epoch over clean's, when both were timed on the same machine.
+def relative_cost(row: dict, ref: dict | None, fastest: dict[str, float], digits: int = 1) -> str:
+    """The row's fastest epoch over the reference row's, when both were timed on one machine.
 
     A row without a ``machine`` was trained before rows recorded it, in the same run as
-    the others without one; a row timed on another machine than clean's gets "n/a":
-    machines differ by more than the methods do.
+    the others without one; a row timed on another machine than the reference's gets
+    "n/a": machines differ by more than the methods do.
     """
-    if clean is None or not fastest.get("clean"):
+    if ref is None or not fastest.get(ref["method"]):
         return "n/a"
-    if row.get("machine") != clean.get("machine"):
+    if row.get("machine") != ref.get("machine"):
         return "n/a (other machine)"
-    return f"{fastest[row['method']] / fastest['clean']:.1f}x"
+    return f"{fastest[row['method']] / fastest[ref['method']]:.{digits}f}x"
+
+
+def write_cost_table(path: str | Path, rows: list[dict], command: str, threads: int) -> str:
+    """Each method's training time beside the others', from rows timed on one machine.
+
+    The robustness table keeps each method's evaluated model, wherever it was trained;
+    this table is for the cost question alone: methods trained one after another in one
+    process (``--retrain --train-only``), so the ratios compare like with like.
+    """
+    epochs = {r["method"]: _train_epochs(r) for r in rows}
+    fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
+    by_method = {r["method"]: r for r in rows}
+    lines = []
+    for r in rows:
+        val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
+        weights = Path(r["out_dir"]) / "model-best.safetensors"
+        digest = file_sha256(weights)[:8] if weights.is_file() else "—"
+        lines.append(
+            f"| {r['method']} | {r.get('machine', 'not recorded')} | {len(epochs[r['method']])} "
+            f"| {r['train_seconds']:.0f} | {fastest[r['method']]:.1f} "
+            f"| {relative_cost(r, by_method.get('clean'), fastest)} "
+            f"| {relative_cost(r, by_method.get('pgd_at'), fastest, digits=2)} "
+            f"| {val:.3f} | {digest} |\n"
+        )
+    text = (
+        "# Training cost of each method on one machine\n\n"
+        "Each method trained on MNIST-10k with the settings of the robustness table, one "
+        f"after another in one process, {threads} torch thread(s). Train time is the method "
+        "stage's wall time (the shared burn-in not counted); the fastest epoch (training "
+        "plus validation) is the fairer cost, as other work only slows an epoch down. "
+        "Ratios are between fastest epochs, and only between rows timed on one machine. "
+        '"best val PGD acc": held-out validation accuracy under PGD-CW at eps 0.3, the best '
+        "epoch; these models are not attacked here, and weights trained on another "
+        "processor differ from the robustness table's (compare the sha256 prefixes with "
+        "its ledger).\n\n"
+        "| method | machine | epochs | train time (s) | fastest epoch (s) | relative to clean "
+        "| relative to PGD-AT | best val PGD acc | weights (sha256) |\n"
+        + "| --- " * 9
+        + "|\n"
+        + "".join(lines)
+        + f"\nTorch {torch.__version__}.\n\nCommand: `{command}`\n"
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    return text
 
 
 def _set_aside(out: Path) -> None:
@@ -520,6 +574,8 @@ def main() -> int:
                 evaluate_method(args, row, eps, limit)
                 print(row["method"], json.dumps(row["results"][eps]), flush=True)
             write_table(args, rows, command)
+    if args.cost_table:
+        print(write_cost_table(args.cost_table, rows, command, args.threads))
     if args.train_only:
         for row in rows:
             print(f"{row['method']}: {Path(row['out_dir']) / 'model-best.safetensors'}")

@@ -135,6 +135,53 @@ def test_train_only_reuses_the_kept_model_and_leaves_the_table_alone(tmp_path):
     assert f"{table} left as it was" in done.stdout
 
 
+def _timed_row(tmp_path: Path, method: str, machine: str, epochs: list[float]) -> dict:
+    out = tmp_path / method
+    out.mkdir()
+    lines = [{"stage": "burn_in", "seconds": 1.0, "val_pgd_acc": 0.0}]
+    lines += [
+        {"stage": "train", "seconds": s, "val_pgd_acc": 0.1 * i} for i, s in enumerate(epochs)
+    ]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (out / "model-best.safetensors").write_bytes(method.encode())
+    return {"method": method, "machine": machine, "train_seconds": sum(epochs), "out_dir": str(out)}
+
+
+def test_cost_table_compares_fastest_epochs_only_within_one_machine(tmp_path):
+    rows = [
+        _timed_row(tmp_path, "clean", "cpu A", [4.0, 3.0]),
+        _timed_row(tmp_path, "pgd_at", "cpu A", [30.0, 24.0]),
+        _timed_row(tmp_path, "dyart", "cpu A", [33.0, 30.0, 31.0]),
+        _timed_row(tmp_path, "mart", "cpu B", [20.0]),
+    ]
+    path = tmp_path / "cost.md"
+
+    robustness.write_cost_table(path, rows, "the command", threads=1)
+
+    cells = [line.split(" | ") for line in path.read_text().splitlines() if line.startswith("| ")]
+    table = {c[0][2:]: c for c in cells[2:]}  # after the heading and the rule
+    assert table["pgd_at"][1:7] == ["cpu A", "2", "54", "24.0", "8.0x", "1.00x"]
+    assert table["dyart"][1:7] == ["cpu A", "3", "94", "30.0", "10.0x", "1.25x"]
+    assert table["dyart"][7] == "0.200"  # best validation epoch
+    assert table["mart"][5:7] == ["n/a (other machine)", "n/a (other machine)"]
+    assert table["clean"][8] == hashlib.sha256(b"clean").hexdigest()[:8] + " |"
+    assert "Command: `the command`" in path.read_text()
+
+
+def test_train_only_with_a_cost_table_times_the_kept_rows(tmp_path):
+    kept = _PATH.parent / "results" / "robustness-models" / "clean"
+    row = json.loads((kept / "bench_row.json").read_text())
+    cost = tmp_path / "cost.md"
+
+    done = _table_only(tmp_path, "--cost-table", str(cost), mode="--train-only")
+
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in cost.read_text().splitlines() if x.startswith("| clean |"))
+    digest = hashlib.sha256((kept / "model-best.safetensors").read_bytes()).hexdigest()[:8]
+    assert f"| {row['train_seconds']:.0f} |" in line and f"| {digest} |" in line
+    assert "| 1.0x | n/a |" in line  # no PGD-AT row to compare with
+
+
 def test_a_chunk_is_attacked_by_one_live_process_at_a_time(tmp_path):
     ledger = tmp_path / "ledger.json"
     key = robustness.chunk_key("standard", 0.3, 0, 250)
