@@ -34,6 +34,7 @@ SECTIONS = [
     ("dyart_tuning_model.md", "DyART: burn-in length and a bigger model (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_fused.md", "DyART: the fused crossing check (`bench/dyart_tuning.py`)"),
     ("dyart_tuning_fused_cost.md", "DyART: fewer iterations, fused (`bench/dyart_tuning.py`)"),
+    ("dyart_tuning_equal_time.md", "DyART at PGD-AT's training time (`bench/dyart_tuning.py`)"),
     ("search_quality.md", "Boundary search on robust MNIST models (`bench/search_quality.py`)"),
     ("api_load.md", "API latency and throughput under load (`bench/api_load.py`)"),
     ("gpu.md", "GPU throughput"),

@@ -494,7 +494,8 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
         "slows an epoch down, so the fastest epoch (training plus validation) is the fairer "
         'cost, and "relative to clean" compares fastest epochs timed on one machine '
         '("n/a (other machine)": this method was trained on another machine than clean; '
-        "each row's bench_row.json names it). bench/step_cost.py compares the methods' "
+        "each row's bench_row.json names it; `--cost-table` times every method's training "
+        "on one machine). bench/step_cost.py compares the methods' "
         'step costs alone. "best val PGD acc": the held-out '
         "validation accuracy under PGD-CW at the training eps of the checkpoint evaluated "
         "(the best epoch). The baselines "
