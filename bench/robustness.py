@@ -253,12 +253,11 @@ def write_cost_table(path: str | Path, rows: list[dict], command: str, threads: 
     this table is for the cost question alone: methods trained one after another in one
     process (``--retrain --train-only``), so the ratios compare like with like.
     """
-    epochs = {r["method"]: _train_epochs(r) for r in rows}
-    fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
+    epochs, fastest = _epochs_and_fastest(rows)
     by_method = {r["method"]: r for r in rows}
     lines = []
     for r in rows:
-        val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
+        val = _best_val(epochs[r["method"]])
         weights = Path(r["out_dir"]) / "model-best.safetensors"
         digest = file_sha256(weights)[:8] if weights.is_file() else "—"
         lines.append(
@@ -449,8 +448,7 @@ def ledger_result(
 
 def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str:
     eps_list = args.eps
-    epochs = {r["method"]: _train_epochs(r) for r in rows}
-    fastest = {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
+    epochs, fastest = _epochs_and_fastest(rows)
     clean_row = next((r for r in rows if r["method"] == "clean"), None)
     target = min(args.eval_n, 2000)
     head = "| method | lr | clean acc | " + " | ".join(f"AA acc @ {e:g}" for e in eps_list)
@@ -460,7 +458,7 @@ def write_table(args: argparse.Namespace, rows: list[dict], command: str) -> str
     for r in rows:
         res = {e: v for e, v in r["results"].items() if v}
         accs = " | ".join(_cell(res.get(e), target) for e in eps_list)
-        val = max(e["val_pgd_acc"] or 0.0 for e in epochs[r["method"]])
+        val = _best_val(epochs[r["method"]])
         rel = relative_cost(r, clean_row, fastest)
         widest = max(res.values(), key=lambda v: v["n"], default=None)  # clean acc: most images
         clean = _cell(widest and {**widest, "robust_acc": widest["clean_acc"]}, target)
@@ -532,6 +530,17 @@ def _train_epochs(row: dict) -> list[dict]:
     """The method stage's per-epoch rows, from the run's metrics.jsonl."""
     lines = (Path(row["out_dir"]) / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["stage"] == "train"]
+
+
+def _epochs_and_fastest(rows: list[dict]) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """Each method's per-epoch rows, and its fastest epoch in seconds."""
+    epochs = {r["method"]: _train_epochs(r) for r in rows}
+    return epochs, {m: min(e["seconds"] for e in rows_) for m, rows_ in epochs.items()}
+
+
+def _best_val(epochs: list[dict]) -> float:
+    """The best validation PGD accuracy over a method's epochs."""
+    return max(e["val_pgd_acc"] or 0.0 for e in epochs)
 
 
 def _cell(result: dict | None, target: int) -> str:
